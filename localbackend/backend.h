@@ -1,0 +1,40 @@
+/*
+ * cwsandbox-local: shared state of the embedded backend.
+ *
+ * One Backend per process, owned by main(). Everything in it is touched only
+ * on the loop thread (the CQ thread only hands events over, see cqloop.h).
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <grpc/grpc.h>
+#include <uv.h>
+
+#include "cqloop.h"
+#include "faults.h"
+
+typedef struct Sandbox Sandbox;
+
+typedef struct Backend {
+        uv_loop_t *loop;
+        CqLoop cq;
+        grpc_server *server;
+
+        char *token;            /* required bearer token, or NULL */
+        char *image_dir;        /* unpacked rootfs per image, or NULL */
+        char *work_dir;         /* per-sandbox scratch (mount points, files) */
+        char *runner_path;      /* cwsandbox-local-run */
+
+        Faults faults;          /* fault injection and per-method counters */
+
+        /* sandbox.c: every sandbox the server remembers, oldest first */
+        Sandbox *sandboxes_head, *sandboxes_tail;
+        unsigned n_sandboxes;
+        uint64_t next_sandbox_seq;
+
+        unsigned n_processes;   /* sandbox and exec process trees running */
+        unsigned n_calls;       /* live server call contexts */
+        bool shutting_down;
+} Backend;
