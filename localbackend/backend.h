@@ -16,11 +16,13 @@
 #include "faults.h"
 
 typedef struct Sandbox Sandbox;
+typedef struct Server Server;
 
 typedef struct Backend {
         uv_loop_t *loop;
         CqLoop cq;
         grpc_server *server;
+        Server *srv;            /* server.c: pools, listen addresses, shutdown */
 
         char *token;            /* required bearer token, or NULL */
         char *image_dir;        /* unpacked rootfs per image, or NULL */

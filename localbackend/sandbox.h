@@ -78,3 +78,51 @@ void sandboxes_shutdown(Backend *b, unsigned grace_ms, void (*done)(Backend *b))
  * sandboxes_free() - free every sandbox record (all processes are gone).
  */
 void sandboxes_free(Backend *b);
+
+/*
+ * Between sandbox.c and rpc_sandbox.c.
+ */
+
+/* Sandboxes not yet terminal at once; CreateSandbox beyond it is
+ * RESOURCE_EXHAUSTED. */
+#define SANDBOX_ALIVE_MAX 1024
+
+/**
+ * sandbox_state_is_terminal() - COMPLETED, FAILED or TERMINATED.
+ */
+bool sandbox_state_is_terminal(SandboxState state);
+
+/**
+ * sandbox_create() - check @spec, register a new sandbox (PENDING) and start
+ * it in the background. @request_id may be NULL. Returns 0 and the sandbox in
+ * @ret; -EINVAL for a bad spec, -EUSERS when SANDBOX_ALIVE_MAX sandboxes are
+ * alive, -ESHUTDOWN while shutting down, -ENOMEM. On -EINVAL and -EUSERS a
+ * message for the client is written to @errbuf.
+ */
+int sandbox_create(Backend *b, const Coreweave__Sandbox__V1__SandboxSpec *spec, const char *request_id,
+                   char *errbuf, size_t errbuf_size, Sandbox **ret);
+
+/**
+ * sandbox_find_by_request_id() - the sandbox a CreateSandbox with
+ * @request_id made, or NULL.
+ */
+Sandbox *sandbox_find_by_request_id(Backend *b, const char *request_id);
+
+/**
+ * sandbox_stop() - DeleteSandbox: SIGTERM to the main process, SIGKILL after
+ * @grace_seconds (0 = at once), then TERMINATED. An unstarted sandbox is
+ * TERMINATED at once; a terminal one is left alone; a stop under way is only
+ * ever hurried, never delayed.
+ */
+void sandbox_stop(Sandbox *s, unsigned grace_seconds, const char *reason);
+
+/**
+ * sandbox_seq() - creation order, unique and increasing (list page tokens).
+ */
+uint64_t sandbox_seq(const Sandbox *s);
+
+/**
+ * sandboxes_prune() - forget terminal sandboxes past their retention time or
+ * beyond the cap on remembered records (oldest first). Cheap to call often.
+ */
+void sandboxes_prune(Backend *b);

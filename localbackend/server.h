@@ -21,8 +21,10 @@
 #include <grpc/grpc.h>
 #include <protobuf-c/protobuf-c.h>
 
-#include "backend.h"
+/* macro.h before uv.h (through backend.h): both define MIN and MAX, and
+ * only the system header's redefinition is silent. */
 #include "macro.h"
+#include "backend.h"
 
 typedef struct UnaryCall UnaryCall;
 typedef struct ServerStream ServerStream;
@@ -52,13 +54,17 @@ void unary_call_on_cancel(UnaryCall *c, void (*fn)(UnaryCall *c, void *userdata)
 
 typedef struct ServerStreamOps {
         /* StreamExec only: each client message after arming a read, decoded
-         * as ExecStreamRequest; NULL msg means the client half-closed. The
-         * stream owns @msg; it is freed after the callback returns. */
+         * as ExecStreamRequest; NULL msg means the client half-closed (at
+         * shutdown, when every call is cancelled, a NULL may also come just
+         * before on_done()). The stream owns @msg; it is freed after the
+         * callback returns. */
         void (*on_message)(ServerStream *s, void *userdata, const ProtobufCMessage *msg);
-        /* The send queue fell below the high-water mark: send more. */
+        /* After server_stream_send() returned SERVER_STREAM_HIGH_WATER or
+         * more, the queue has drained below half of it: send more. */
         void (*on_writable)(ServerStream *s, void *userdata);
         /* The call is over (finished, cancelled, dropped or deadline).
-         * @cancelled is true unless our status reached the client. */
+         * @cancelled is true unless the status given to
+         * server_stream_finish() reached the client. */
         void (*on_done)(ServerStream *s, void *userdata, bool cancelled);
 } ServerStreamOps;
 
@@ -82,6 +88,7 @@ size_t server_stream_send(ServerStream *s, const ProtobufCMessage *msg);
 
 /**
  * server_stream_finish() - send the final status after every queued message.
+ * @fmt may be NULL (no message, the usual case with GRPC_STATUS_OK).
  */
 void server_stream_finish(ServerStream *s, grpc_status_code code, const char *fmt, ...) _printf_(3, 4);
 
@@ -98,8 +105,15 @@ bool server_stream_is_done(const ServerStream *s);
 int server_start(Backend *b, char *const *listen, size_t n_listen);
 
 /**
+ * server_addresses() - the addresses listened on, in the order given, with
+ * the chosen port filled in for "HOST:0". Valid until server_shutdown() ends.
+ */
+char *const *server_addresses(const Backend *b, size_t *ret_n);
+
+/**
  * server_shutdown() - stop accepting; cancel what is still running after
  * @grace_ms; @done runs once the server is destroyed and every call is gone.
+ * Also the way to release a server whose server_start() failed.
  */
 void server_shutdown(Backend *b, unsigned grace_ms, void (*done)(Backend *b));
 
