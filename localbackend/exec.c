@@ -453,7 +453,10 @@ static int exec_open_pty(Exec *e, unsigned width, unsigned height, int *ret_mast
 
 /* Spawn with pipes, or with a pty of @width x @height when e->tty. */
 static int exec_spawn(Exec *e, Argv *argv, bool with_stdin, unsigned width, unsigned height) {
-        uv_process_options_t opt = { .exit_cb = exec_exited, .file = argv->v[0], .args = argv->v };
+        /* The runner gets no environment of ours; the command's comes from --env. */
+        static char *runner_env[] = { (char *)"PATH=/usr/sbin:/usr/bin:/sbin:/bin", NULL };
+        uv_process_options_t opt = { .exit_cb = exec_exited, .file = argv->v[0], .args = argv->v,
+                                     .env = runner_env };
         uv_stdio_container_t stdio[3];
         int master = -1, slave = -1, r;
 

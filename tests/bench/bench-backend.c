@@ -305,6 +305,8 @@ int main(int argc, char **argv) {
                         return 0;
                 }
                 default_paths();
+                /* Info logs per call would cost time inside the measurement. */
+                setenv("CWSANDBOX_LOCAL_LOG_LEVEL", "warning", 0);
                 r = backend_proc_start(&(BackendProcOpts) { .token = arg_token }, &proc);
                 if (r < 0) {
                         fprintf(stderr, "cannot start cwsandbox-local (%s): %s\n", getenv("CWSANDBOX_LOCAL"),

@@ -143,6 +143,12 @@ static void test_large_output(BcClient *c, const char *id) {
         ok(e && e->exited && e->exit_code == 0 && e->out.len == 4194304,
            "4 MiB of output arrive whole (%zu bytes)", e ? e->out.len : 0);
         bc_exec_free(e);
+        /* A producer much faster than the stream: the server must pause
+         * reading at its high-water mark and resume, never stall. */
+        e = test_sh(c, id, "head -c 8388608 /dev/zero");
+        ok(e && e->exited && e->exit_code == 0 && e->out.len == 8388608,
+           "8 MiB from a fast producer arrive whole (%zu bytes)", e ? e->out.len : 0);
+        bc_exec_free(e);
 }
 
 static void test_tty(BcClient *c, const char *id) {

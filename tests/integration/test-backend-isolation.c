@@ -101,8 +101,9 @@ static void test_env_and_cwd(BcClient *c, const char *id, const char *foo) {
         ok(l && l->data.data && strstr(l->data.data, "spaced=a b=c\n"),
            "an env value with spaces and '=' arrives intact");
         ok(l && l->data.data && strstr(l->data.data, "pwd=/usr/share\n"), "the main process runs in working_dir");
+        ok(l && l->data.data && strstr(l->data.data, "mainpid=1\n"), "the main process is PID 1 of its namespace");
         if (l && l->data.data)
-                diag("main process log: %s", l->data.data);
+                diag("main process log: %s", test_chomp(l->data.data));
         bc_logs_free(l);
 
         out = test_sh_out(c, id, "echo \"$FOO\"");
@@ -152,7 +153,7 @@ static char *make_image_dir(void) {
                              "set -e; root='%s/" IMAGE_DIRNAME "'; "
                              "mkdir -p \"$root/bin\" \"$root/proc\" \"$root/dev\" \"$root/tmp\" \"$root/etc\"; "
                              "for b in sh sleep cat ls; do cp -L \"$(command -v $b)\" \"$root/bin/\"; done; "
-                             "for lib in $(ldd \"$root\"/bin/* | grep -o '/[^ ]*' | sort -u); do "
+                             "for lib in $(ldd \"$root\"/bin/* | awk '$2 == \"=>\" && $3 ~ /^\\// {print $3} $1 ~ /^\\// && $1 !~ /:$/ {print $1}' | sort -u); do "
                              "  mkdir -p \"$root$(dirname $lib)\"; cp -L \"$lib\" \"$root$lib\"; done; "
                              "echo image-ok > \"$root/image-marker\"",
                              dir) < 0)

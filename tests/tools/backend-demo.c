@@ -62,6 +62,13 @@ static int parse_argv(int argc, char **argv) {
         return 1;
 }
 
+/* "RUNNING" rather than the enum's "STATE_RUNNING". */
+static const char *state_name(const BcSandbox *sb) {
+        const char *n = bc_state_name(sb && sb->status ? sb->status->state : BC_STATE(UNSPECIFIED));
+
+        return strncmp(n, "STATE_", 6) == 0 ? n + 6 : n;
+}
+
 static int fail(const char *step, int r, const BcStatus *st) {
         fprintf(stderr, "   failed: %s: %s%s%s\n", step, bc_code_name(r), st && st->details[0] ? ": " : "",
                 st ? st->details : "");
@@ -108,6 +115,7 @@ static int demo(BcClient *c) {
         _cleanup_bc_ Coreweave__Sandbox__V1__ReadFileResponse *file = NULL;
         _cleanup_bc_ Coreweave__Sandbox__V1__ListSandboxesResponse *list = NULL;
         BcListOpts lo = { .tags = tags };
+        _cleanup_free_ char *content = NULL;
         BcStatus st = {};
         int64_t t0;
         const char *id;
@@ -119,7 +127,7 @@ static int demo(BcClient *c) {
         if (r != 0)
                 return fail("CreateSandbox", r, &st);
         id = created->sandbox_id;
-        printf("   sandbox %s is %s\n", id, bc_state_name(created->status ? created->status->state : 0));
+        printf("   sandbox %s is %s\n", id, state_name(created));
 
         r = bc_wait_state(c, id, BC_STATE(RUNNING), 30000, &running, &st);
         if (r != 0)
@@ -142,7 +150,8 @@ static int demo(BcClient *c) {
         if (r != 0)
                 return fail("ReadFile", r, &st);
         printf("   read %zu bytes:\n", file->content.len);
-        print_indented((const char *)file->content.data);
+        content = strndup((const char *)file->content.data, file->content.len);
+        print_indented(content);
         if (file->content.len != strlen(GREETING) || memcmp(file->content.data, GREETING, file->content.len) != 0) {
                 fprintf(stderr, "   failed: the file read back differs from what was written\n");
                 return 1;
@@ -153,8 +162,7 @@ static int demo(BcClient *c) {
         if (r != 0)
                 return fail("ListSandboxes", r, &st);
         for (size_t i = 0; i < list->n_sandboxes; i++)
-                printf("   %s  %s\n", list->sandboxes[i]->sandbox_id,
-                       bc_state_name(list->sandboxes[i]->status ? list->sandboxes[i]->status->state : 0));
+                printf("   %s  %s\n", list->sandboxes[i]->sandbox_id, state_name(list->sandboxes[i]));
 
         printf("== 5. stop the sandbox\n");
         t0 = test_mono_ms();
