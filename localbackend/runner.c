@@ -81,6 +81,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
@@ -699,11 +700,42 @@ static int cgroup_write(const char *dir, const char *file, unsigned long long va
         return r < 0 ? errorf(e, r, "write %s", path) : 0;
 }
 
-/* Makes dir (a new cgroup), writes the limits and moves pid into it. */
-static int cgroup_fill(Cgroups *cg, const char *dir, const char *const files[], const unsigned long long values[],
-                       size_t n, pid_t pid, Error *e) {
+/*
+ * Removes what runners SIGKILLed before their cleanup left in parent: the
+ * cgroups named CGROUP_PREFIX...-PID whose PID is gone. rmdir() takes only
+ * empty cgroups, so one that still holds a sandbox stays.
+ */
+static void cgroup_sweep(const char *parent) {
+        char path[PATH_MAX];
+        struct dirent *d;
+        DIR *dir;
+
+        dir = opendir(parent);
+        if (!dir)
+                return;
+        while ((d = readdir(dir))) {
+                const char *dash = strrchr(d->d_name, '-');
+                unsigned long long pid;
+
+                if (strncmp(d->d_name, CGROUP_PREFIX, strlen(CGROUP_PREFIX)) != 0 || !dash ||
+                    parse_number(dash + 1, 1, INT_MAX, &pid) < 0)
+                        continue;
+                if (kill((pid_t)pid, 0) < 0 && errno == ESRCH &&
+                    pathf(path, sizeof(path), "%s/%s", parent, d->d_name) == 0)
+                        (void)rmdir(path);
+        }
+        closedir(dir);
+}
+
+/* Makes parent/name (a new cgroup), writes the limits, moves pid into it. */
+static int cgroup_fill(Cgroups *cg, const char *parent, const char *name, const char *const files[],
+                       const unsigned long long values[], size_t n, pid_t pid, Error *e) {
+        char dir[PATH_MAX];
         int r = 0;
 
+        if ((r = pathf(dir, sizeof(dir), "%s/%s", parent, name)) < 0)
+                return errorf(e, r, "cgroup %s/%s", parent, name);
+        cgroup_sweep(parent);
         if (mkdir(dir, 0755) < 0)
                 return errorf(e, -errno, "create %s", dir);
         for (size_t i = 0; r == 0 && i < n; i++)
@@ -746,7 +778,7 @@ static int cgroup_enable(const char *base, const Options *o, Error *e) {
 static int cgroups_apply_unified(const Options *o, pid_t pid, Cgroups *cg, Error *e) {
         static const char *const files[] = { "memory.max", "pids.max" };
         const unsigned long long values[] = { o->memory, o->pids };
-        char own[PATH_MAX], base[PATH_MAX], dir[PATH_MAX + 160], name[160];
+        char own[PATH_MAX], base[PATH_MAX], name[160];
         int r;
 
         r = cgroup_of(getpid(), NULL, own, sizeof(own));
@@ -762,10 +794,9 @@ static int cgroups_apply_unified(const Options *o, pid_t pid, Cgroups *cg, Error
                         break;
                 if (up)
                         *strrchr(base, '/') = 0;
-                snprintf(dir, sizeof(dir), "%s/%s", base, name);
                 r = cgroup_enable(base, o, e);
                 if (r == 0)
-                        r = cgroup_fill(cg, dir, files, values, ELEMENTSOF(files), pid, e);
+                        r = cgroup_fill(cg, base, name, files, values, ELEMENTSOF(files), pid, e);
                 if (r == 0)
                         return 0;
         }
@@ -775,17 +806,17 @@ static int cgroups_apply_unified(const Options *o, pid_t pid, Cgroups *cg, Error
 /* One cgroup v1 hierarchy (mounted at CGROUP_ROOT/ctrl): one limit. */
 static int cgroup_apply_v1(const Options *o, const char *ctrl, const char *file, unsigned long long value,
                            pid_t pid, Cgroups *cg, Error *e) {
-        char own[PATH_MAX], dir[PATH_MAX + 256], name[160];
+        char own[PATH_MAX], parent[PATH_MAX], name[160];
         int r;
 
         r = cgroup_of(getpid(), ctrl, own, sizeof(own));
         if (r < 0)
                 return errorf(e, r, "find our %s cgroup", ctrl);
         cgroup_name(o, name, sizeof(name));
-        r = pathf(dir, sizeof(dir), CGROUP_ROOT "/%s%s/%s", ctrl, own, name);
+        r = pathf(parent, sizeof(parent), CGROUP_ROOT "/%s%s", ctrl, own);
         if (r < 0)
                 return errorf(e, r, "%s cgroup path", ctrl);
-        return cgroup_fill(cg, dir, &file, &value, 1, pid, e);
+        return cgroup_fill(cg, parent, name, &file, &value, 1, pid, e);
 }
 
 /* Best effort: a limit the kernel does not let us set is skipped, said once. */

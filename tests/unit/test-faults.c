@@ -11,23 +11,8 @@
 
 #include "faults.h"
 #include "macro.h"
+#include "tap.h"
 
-static unsigned n_tests, n_failed;
-
-static void ok(bool cond, const char *fmt, ...) _printf_(2, 3);
-
-static void ok(bool cond, const char *fmt, ...) {
-        va_list ap;
-
-        n_tests++;
-        if (!cond)
-                n_failed++;
-        printf("%s %u - ", cond ? "ok" : "not ok", n_tests);
-        va_start(ap, fmt);
-        vprintf(fmt, ap);
-        va_end(ap);
-        printf("\n");
-}
 
 #define check_eq_u(got, want, what) do {                                        \
                 unsigned long long _g = (got), _w = (want);                     \
@@ -271,6 +256,5 @@ int main(void) {
         test_star();
         test_counters();
 
-        printf("1..%u\n", n_tests);
-        return n_failed ? 1 : 0;
+        return done();
 }

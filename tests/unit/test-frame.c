@@ -13,23 +13,8 @@
 
 #include "frame.h"
 #include "macro.h"
+#include "tap.h"
 
-static unsigned n_tests, n_failed;
-
-static void ok(bool cond, const char *fmt, ...) _printf_(2, 3);
-
-static void ok(bool cond, const char *fmt, ...) {
-        va_list ap;
-
-        n_tests++;
-        if (!cond)
-                n_failed++;
-        printf("%s %u - ", cond ? "ok" : "not ok", n_tests);
-        va_start(ap, fmt);
-        vprintf(fmt, ap);
-        va_end(ap);
-        printf("\n");
-}
 
 #define check_eq(got, want, what) do {                                          \
                 long long _g = (long long)(got), _w = (long long)(want);        \
@@ -449,6 +434,5 @@ int main(void) {
         test_buffered_and_release();
         test_garbage();
 
-        printf("1..%u\n", n_tests);
-        return n_failed ? 1 : 0;
+        return done();
 }
