@@ -50,7 +50,8 @@ Sandbox *sandbox_find(Backend *b, const char *id);
 
 /**
  * sandbox_is_running() - RUNNING with a live PID 1 (exec, files and logs
- * follow need this; everything else answers FAILED_PRECONDITION).
+ * need this; everything else answers FAILED_PRECONDITION. StreamLogs with
+ * follow on a finished sandbox sends what there is and ends OK).
  */
 bool sandbox_is_running(const Sandbox *s);
 

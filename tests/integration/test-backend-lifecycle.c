@@ -347,6 +347,22 @@ static void test_errors(BcClient *c) {
         is_int(r, GRPC_STATUS_INVALID_ARGUMENT, "CreateSandbox without containers: INVALID_ARGUMENT");
         ok(st.details[0] != 0, "with a message (\"%s\")", st.details);
         bc_free(resp);
+        resp = NULL;
+
+        /* rpcs the backend does not serve answer at once, never hang. */
+        {
+                Coreweave__Sandbox__V1__PurgeSandboxesRequest purge = COREWEAVE__SANDBOX__V1__PURGE_SANDBOXES_REQUEST__INIT;
+
+                r = bc_unary(c, BC_SANDBOX_SERVICE "PurgeSandboxes", &purge.base,
+                             &coreweave__sandbox__v1__purge_sandboxes_response__descriptor, 10000, &resp, &st);
+                is_int(r, GRPC_STATUS_UNIMPLEMENTED, "PurgeSandboxes: UNIMPLEMENTED");
+                bc_free(resp);
+                resp = NULL;
+                r = bc_unary(c, "/no.such.v1.Service/Method", &purge.base,
+                             &coreweave__sandbox__v1__purge_sandboxes_response__descriptor, 10000, &resp, &st);
+                is_int(r, GRPC_STATUS_UNIMPLEMENTED, "an unknown service: UNIMPLEMENTED");
+                bc_free(resp);
+        }
 }
 
 int main(void) {

@@ -96,6 +96,12 @@ static void test_bad_page_token(BcClient *c, const char *tag) {
         o = (BcListOpts) { .tags = tags, .page_size = -1 };
         r = bc_list_sandboxes(c, &o, NULL, &st);
         is_int(r, GRPC_STATUS_INVALID_ARGUMENT, "a negative page_size: INVALID_ARGUMENT");
+        bc_free(resp);
+        resp = NULL;
+        o = (BcListOpts) { .tags = tags, .page_size = 5000, .show_terminated = true };
+        r = bc_list_sandboxes(c, &o, &resp, &st);
+        ok(r == 0 && resp->n_sandboxes == 5, "a page_size above the maximum is capped, not refused (%s)",
+           bc_code_name(r));
 }
 
 int main(void) {
