@@ -9,24 +9,30 @@
  *
  * init runs as two processes:
  *
- *   outer  stays in the host namespaces. It unshares the PID, mount, UTS
- *          and IPC namespaces (and the network one with --no-network) and
- *          forks; its child is PID 1 of the new PID namespace. The outer
- *          puts the child in a cgroup for the limits, lets it go on,
- *          writes the status line, forwards SIGTERM, SIGINT and SIGHUP to
- *          it and exits with its exit code.
- *   child  makes every mount private, then builds the root under SCRATCH:
+ *   outer  stays in the host namespaces. It unshares the PID namespace,
+ *          which applies to children only, and forks; its child is PID 1
+ *          of the new PID namespace. The outer puts the child in a cgroup
+ *          for the limits, lets it go on, writes the status line, forwards
+ *          SIGTERM, SIGINT and SIGHUP to it, removes the cgroup when it is
+ *          gone and exits with its exit code. Signals before COMMAND runs
+ *          SIGKILL the child instead.
+ *   child  unshares the mount, UTS and IPC namespaces (and the network one
+ *          with --no-network, then brings loopback up), makes every mount
+ *          private, then builds the root under SCRATCH:
  *            SCRATCH/layer  tmpfs (size=--layer-size) with upper/ and work/
  *            SCRATCH/root   overlay: BASE read-only below, layer/upper above
  *          with a fresh /proc of the new PID namespace, a tmpfs /tmp (1777),
  *          a minimal /dev (tmpfs with host device nodes bind-mounted, a new
  *          devpts instance, /dev/shm) and a read-only sysfs on /sys where
  *          the kernel allows it (otherwise /sys is left as the base has it,
- *          normally empty). It opens the --file sources, pivots into the
- *          root and detaches the old one, then copies the files (so that
- *          symlinks in the destination resolve inside the sandbox), sets
- *          the hostname, working directory and RLIMIT_NOFILE, marks every
- *          fd above 2 close-on-exec and execs COMMAND.
+ *          normally empty). With the host's root as the base, the directory
+ *          holding SCRATCH gets an empty tmpfs over it, so no sandbox sees
+ *          the scratch files of another. The child opens the --file
+ *          sources, pivots into the root and detaches the old one, then
+ *          copies the files (so that symlinks in the destination resolve
+ *          inside the sandbox), sets the hostname, working directory and
+ *          RLIMIT_NOFILE, marks every fd above 2 close-on-exec and execs
+ *          COMMAND.
  *
  * The two talk over close-on-exec pipes. "go", outer to child: one byte
  * once the cgroups are set, so COMMAND never runs outside its limits; EOF
@@ -66,22 +72,33 @@
  * cgroup or, when that cannot enable the controllers (a non-root cgroup
  * with processes in it), its parent; otherwise in the v1 memory and pids
  * hierarchies. Where none is writable the limit is skipped with one line
- * on stderr. The cgroup is removed once PID 1 has exited; it stays behind,
- * empty, when the outer process is SIGKILLed.
+ * on stderr. The cgroup is removed once PID 1 has exited. When the outer
+ * process is SIGKILLed it stays behind, empty, until the next init there
+ * sweeps it (its PID suffix names a process that is gone). So to stop a
+ * sandbox hard, SIGKILL PID 1 rather than the outer process.
  *
  * Not root: the outer first unshares a user namespace mapping uid and gid
  * 0 to the caller's ids (nothing else is mapped, setgroups is denied), so
- * the sandbox runs as "root" holding only the caller's rights. Limits need
- * a cgroup delegated to the caller; /sys usually stays empty; whether
- * /proc can be mounted depends on the kernel's rules for unprivileged proc
- * mounts (no over-mounted parts of the host's /proc).
+ * the sandbox runs as "root" holding only the caller's rights. Then:
+ *   - the base cannot be the host's root ("/" has locked submounts that an
+ *     overlay in a user namespace refuses): use an unpacked image, owned by
+ *     the caller, or writes to its directories are refused;
+ *   - the overlay uses user.* xattrs (userxattr);
+ *   - limits need a cgroup delegated to the caller;
+ *   - /sys stays empty unless --no-network (sysfs needs an own network
+ *     namespace there); /proc mounts only where no part of the host's
+ *     /proc is over-mounted.
  *
  * Isolation here is of namespaces, not privileges: as root, COMMAND keeps
  * every capability, and no seccomp filter is set.
+ *
+ * A terminal for enter --tty should come from the sandbox's own devpts
+ * (/proc/PID/root/dev/pts/ptmx on the host): a host pty works as the
+ * controlling terminal, but has no name inside the sandbox.
  */
 #define _GNU_SOURCE
-#include <errno.h>
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
@@ -168,20 +185,22 @@ typedef enum SignalMode {
 static const int forwarded_signals[] = { SIGTERM, SIGINT, SIGHUP };
 
 static pid_t arg_parent;
+
+static volatile sig_atomic_t signal_child;      /* 0 until forked */
+static volatile sig_atomic_t signal_mode;
+static volatile sig_atomic_t signal_got;
+
 #if defined(__SANITIZE_ADDRESS__)
 /* LeakSanitizer checks at exit from a clone()d tracer. After unshare of the
  * PID namespace that clone lands in the sandbox's namespace, where it fails
  * once PID 1 is gone, and the exit code would be lost. The server starts us
- * with a clean environment, so this default is what applies. */
+ * with a clean environment, so this default is what applies; and main()
+ * leaves through _exit(), which skips the check whatever ASAN_OPTIONS say. */
 const char *__asan_default_options(void);
 const char *__asan_default_options(void) {
         return "detect_leaks=0";
 }
 #endif
-
-static volatile sig_atomic_t signal_child;      /* 0 until forked */
-static volatile sig_atomic_t signal_mode;
-static volatile sig_atomic_t signal_got;
 
 /* ---- small helpers -------------------------------------------------------- */
 
@@ -399,9 +418,21 @@ static void signals_reset(void) {
         (void)sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
+/*
+ * Waits for our child and returns its exit code, or 128+N. The child is
+ * reaped only after the signal handler has forgotten it, so the handler
+ * never signals a recycled pid (or process group).
+ */
 static int wait_exit_code(pid_t pid) {
+        siginfo_t si;
         int status;
 
+        while (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOWAIT) < 0)
+                if (errno != EINTR)
+                        return EXIT_SETUP;
+        signals_block(true);
+        signal_child = 0;
+        signals_block(false);
         while (waitpid(pid, &status, 0) < 0)
                 if (errno != EINTR)
                         return EXIT_SETUP;
@@ -453,6 +484,7 @@ static void usage(FILE *f) {
               "                      is passed on; PATH gets a default)\n"
               "  --cwd DIR           working directory inside, created if missing (default /)\n"
               "  --file DEST=SRC     copy host file SRC to DEST inside, repeatable\n"
+              "                      (split at the last '=': SRC must not contain one)\n"
               "  --no-network        a new network namespace with only loopback\n"
               "  --memory BYTES      memory limit, where the kernel allows it\n"
               "  --pids N            task limit, where the kernel allows it\n"
@@ -538,7 +570,8 @@ static int parse_option(Options *o, int opt, char *arg) {
                 o->env[o->n_env++] = arg;
                 return 0;
         case OPT_FILE:
-                if (arg[0] != '/' || !strchr(arg, '=') || strchr(arg, '=')[1] == 0)
+                /* Split at the last '=': DEST comes from users, SRC from the server. */
+                if (arg[0] != '/' || !strrchr(arg, '=') || strrchr(arg, '=')[1] == 0)
                         return -EINVAL;
                 o->files[o->n_files++] = arg;
                 return 0;
@@ -619,6 +652,13 @@ static int parse_args(int argc, char **argv, Options *o) {
         }
         o->argv = argv + optind;
         return check_options(o);
+}
+
+static void options_free(Options *o) {
+        free(o->env);
+        free(o->files);
+        o->env = NULL;
+        o->files = NULL;
 }
 
 /* COMMAND's environment: exactly --env, plus a default PATH. */
@@ -1074,7 +1114,7 @@ static int build_root(const Options *o, char *root, size_t n, Error *e) {
 /* Host sources are opened before the pivot, written after it. */
 static int open_sources(const Options *o, int *fds, Error *e) {
         for (size_t i = 0; i < o->n_files; i++) {
-                const char *src = strchr(o->files[i], '=') + 1;
+                const char *src = strrchr(o->files[i], '=') + 1;
 
                 fds[i] = open(src, O_RDONLY | O_CLOEXEC | O_NOCTTY);
                 if (fds[i] < 0)
@@ -1131,7 +1171,7 @@ static int copy_fd(int in, int out) {
 
 /* Copies source fd to DEST (an absolute path, inside the new root). */
 static int place_file(const char *spec, int src, Error *e) {
-        const char *eq = strchr(spec, '=');
+        const char *eq = strrchr(spec, '=');
         char dest[PATH_MAX], dir[PATH_MAX];
         int fd, r;
 
@@ -1603,14 +1643,24 @@ int main(int argc, char **argv) {
         arg_parent = getppid();
         program_invocation_name = (char *)"cwsandbox-local-run";       /* for getopt's messages */
         r = parse_args(argc, argv, &o);
-        if (r != 0)
+        if (r != 0) {
+                options_free(&o);
                 return r > 0 ? 0 : EXIT_USAGE;
+        }
         r = tie_to_parent();
         if (r < 0) {
                 log_line(&o, "%s", r == -ESRCH ? "our parent is gone" : strerror(-r));
+                options_free(&o);
                 return EXIT_SETUP;
         }
         /* Nothing the server leaked to us may reach a sandbox. */
         close_stray_fds(o.status_fd);
-        return o.mode == MODE_INIT ? run_init(&o) : run_enter(&o);
+        r = o.mode == MODE_INIT ? run_init(&o) : run_enter(&o);
+        /* By now our new children would land in the sandbox's PID namespace
+         * (or in none, once it is gone). So nothing may run at exit: a
+         * sanitizer's leak check, for one, clones a tracer that cannot see
+         * us from there, and would wait for it forever. */
+        (void)fflush(stdout);
+        (void)fflush(stderr);
+        _exit(r);
 }

@@ -18,6 +18,7 @@ T=$(mktemp -d "${TMPDIR:-/tmp}/test-runner.XXXXXX")
 n=0
 failed=0
 
+# shellcheck disable=SC2317   # called by the trap
 cleanup() {
         # Whatever a failed check left running: its runner, then the rest.
         for p in $(jobs -p); do
@@ -27,6 +28,7 @@ cleanup() {
         rm -rf "$T"
 }
 trap cleanup EXIT
+trap 'exit 1' INT TERM HUP
 
 ok() {
         n=$((n + 1))
@@ -50,6 +52,11 @@ expect() {
         else
                 not_ok "$1" "got:  $(printf '%q' "$2")" "want: $(printf '%q' "$3")"
         fi
+}
+
+# Its lines joined by single spaces.
+flat() {
+        tr -s ' \n' '  ' <<< "$1" | sed 's/^ //; s/ $//'
 }
 
 # expect_match DESCRIPTION GOT PATTERN (a bash glob)
@@ -89,7 +96,7 @@ start() {
 # Stops a background sandbox for good and reaps its runner.
 stop() {
         kill -9 "$OUTER" 2>/dev/null
-        wait "$OUTER" 2>/dev/null
+        reap "$OUTER"
         exec 4<&-
 }
 
@@ -97,6 +104,7 @@ stop() {
 descendants() {
         local p
 
+        # shellcheck disable=SC2013   # the files hold pids separated by spaces
         for p in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
                 echo "$p"
                 descendants "$p"
@@ -106,15 +114,15 @@ descendants() {
 alive() {
         local state
 
-        state=$(sed 's/.*) //' /proc/"$1"/stat 2>/dev/null | cut -d' ' -f1)
+        state=$(sed 's/.*) //' /proc/"$1"/stat | cut -d' ' -f1)
         [ -n "$state" ] && [ "$state" != Z ]
-}
+} 2>/dev/null
 
 # Waits up to 3 s until none of the pids is alive.
 all_gone() {
-        local i p any
+        local p any
 
-        for i in $(seq 30); do
+        for _ in $(seq 30); do
                 any=
                 for p in "$@"; do
                         alive "$p" && any=1
@@ -125,11 +133,22 @@ all_gone() {
         return 1
 }
 
+# Waits for a background child to end, SIGKILLing it after 10 s so that a
+# failed check cannot hang the test; returns its exit status.
+reap() {
+        for _ in $(seq 100); do
+                alive "$1" || break
+                sleep 0.1
+        done
+        alive "$1" && kill -9 "$1"
+        wait "$1"
+} 2>/dev/null   # also bash's notices of jobs killed by a signal
+
 # Waits up to 5 s for COUNT descendants of PID named NAME; prints them.
 wait_descendants() {
-        local pid=$1 name=$2 count=$3 i p found
+        local pid=$1 name=$2 count=$3 p found
 
-        for i in $(seq 50); do
+        for _ in $(seq 50); do
                 found=()
                 for p in $(descendants "$pid"); do
                         [ "$(cat /proc/"$p"/comm 2>/dev/null)" == "$name" ] && found+=("$p")
@@ -171,7 +190,7 @@ else
 fi
 
 out=$(run -- sh -c 'ls -A /tmp | wc -l; stat -c %a /tmp; echo x > /tmp/f && cat /tmp/f')
-expect "init: /tmp is empty, mode 1777 and writable" "$(echo $out)" "0 1777 x"
+expect "init: /tmp is empty, mode 1777 and writable" "$(flat "$out")" "0 1777 x"
 
 out=$(run -- sh -c 'ls /dev | tr "\n" " "; test -c /dev/null && echo > /dev/null && echo null-ok; readlink /dev/ptmx')
 expect_match "init: /dev is minimal" "$out" "*fd*full*null*ptmx*pts*random*shm*stderr*stdin*stdout*tty*urandom*zero*null-ok*pts/ptmx"
@@ -193,11 +212,19 @@ out=$(run --file /opt/a/b/greeting="$T/src-file" --file /etc/two="$T/src-file" \
 expect "init: --file copies files into the root (parents made, mode 0644)" "$out" \
         "$(printf 'hello\nworld\n644\nhello\nworld')"
 
+# Scratch dirs under /tmp are hidden by the sandbox's own /tmp anyway: use
+# a directory on the root file system, as a server's work dir may be.
+H=$(mktemp -d /var/tmp/test-runner.XXXXXX)
+echo secret > "$H/other-sandbox-file"
+out=$(timeout 15 "$R" init --id hide --scratch "$(mktemp -d "$H/scratch.XXXXXX")" -- ls -A "$H")
+rm -rf "$H"
+expect "init: the directory holding the scratch dirs is hidden inside" "$out" ""
+
 out=$(run --no-network -- sh -c 'tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d " "')
 expect "init: --no-network leaves only lo" "$out" "lo"
 
 out=$(run --no-network -- cat /sys/class/net/lo/operstate /sys/class/net/lo/flags 2>/dev/null)
-expect_match "init: --no-network brings lo up" "$(echo $out)" "* 0x*9"
+expect_match "init: --no-network brings lo up" "$(flat "$out")" "* 0x*9"
 
 out=$(run --nofile 123 -- sh -c 'ulimit -n')
 expect "init: --nofile sets RLIMIT_NOFILE" "$out" "123"
@@ -244,7 +271,7 @@ expect "exit: COMMAND's exit code is passed on" "$?" 3
 
 start -- sleep 30
 kill -9 "$PID1"
-wait "$OUTER"
+reap "$OUTER"
 expect "exit: 128+9 when PID 1 is killed by SIGKILL" "$?" 137
 exec 4<&-
 
@@ -257,21 +284,19 @@ for _ in $(seq 100); do
         sleep 0.05
 done
 kill -TERM "$OUTER"
-wait "$OUTER"
+reap "$OUTER"
 expect "signals: SIGTERM to the runner reaches a trapping PID 1" "$?" 42
 exec 4<&-
 
 start -- sh -c 'sleep 3131 & sleep 3132 & wait'
 procs=$(wait_descendants "$OUTER" sleep 2)
-kill -9 "$OUTER"
-wait "$OUTER" 2>/dev/null
+stop
 # shellcheck disable=SC2086
 if [ -n "$procs" ] && all_gone "$PID1" $procs; then
         ok "lifetime: SIGKILL of the runner takes the whole sandbox down"
 else
         not_ok "lifetime: SIGKILL of the runner takes the whole sandbox down" "left: $PID1 $procs"
 fi
-exec 4<&-
 
 # ---- limits (where the kernel lets us) ----
 
@@ -289,8 +314,8 @@ stop
 if [ -z "$limits" ]; then
         ok "limits: --memory and --pids # SKIP no writable cgroup here"
 else
-        expect_match "limits: --memory and --pids set the sandbox's cgroup" "$(echo $got | tr ' ' '\n' | sort -n | tr '\n' ' ')" \
-                "16 67108864 "
+        expect_match "limits: --memory and --pids set the sandbox's cgroup" "$(flat "$(tr ' ' '\n' <<< "$got" | sort -n)")" \
+                "16 67108864"
         left=
         while read -r ctrl path; do
                 for d in /sys/fs/cgroup"$path" /sys/fs/cgroup/"$ctrl""$path"; do
@@ -298,6 +323,8 @@ else
                         [ -d "$d" ] && left+=" $d"
                 done
         done <<< "$limits"
+        # Only an empty cgroup can go: wait for PID 1 to be gone first.
+        all_gone "$PID1"
         run --memory 67108864 --pids 16 -- true 2>/dev/null
         for d in $left; do
                 [ -d "$d" ] || left=${left/ $d/}
@@ -312,7 +339,7 @@ start --hostname enter-box --env PATH=/usr/bin:/bin -- \
 sleep 0.2
 
 out=$(timeout 15 "$R" enter --pid "$PID1" -- sh -c 'hostname; cat /etc/marker; readlink /proc/self/ns/pid')
-expect "enter: runs inside (hostname, files, PID namespace)" "$(echo $out)" \
+expect "enter: runs inside (hostname, files, PID namespace)" "$(flat "$out")" \
         "enter-box marked $(readlink /proc/"$PID1"/ns/pid)"
 
 out=$(timeout 15 "$R" enter --pid "$PID1" --env ONE=1 --cwd /srv/data -- sh -c 'pwd; env')
@@ -334,7 +361,7 @@ expect "enter: a missing --cwd exits 125" "$?" 125
 ENTER=$!
 procs=$(wait_descendants "$ENTER" sleep 2)
 kill -TERM "$ENTER"
-wait "$ENTER"
+reap "$ENTER"
 code=$?
 # shellcheck disable=SC2086
 if [ "$code" == 143 ] && [ -n "$procs" ] && all_gone $procs && alive "$PID1"; then
