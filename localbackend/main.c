@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <systemd/sd-daemon.h>
@@ -658,11 +659,36 @@ static int run(Main *m) {
         return m->exit_code;
 }
 
+/* Supervised by cwsandboxd, which names itself in the environment: die with
+ * it even when it is killed outright, and do not start at all if it is gone
+ * already (its spawner cannot do this between fork and exec). */
+static int die_with_parent(void) {
+        const char *s = getenv("CWSANDBOX_LOCAL_PARENT_PID");
+        pid_t parent;
+
+        if (!s)
+                return 0;
+        parent = (pid_t)atoi(s);
+        (void)unsetenv("CWSANDBOX_LOCAL_PARENT_PID");
+        if (parent <= 0)
+                return 0;
+        if (prctl(PR_SET_PDEATHSIG, SIGTERM) < 0)
+                return -errno;
+        if (getppid() != parent)
+                return -ESRCH;
+        return 0;
+}
+
 int main(int argc, char *argv[]) {
         Main m = {};
         int r;
 
         log_set_ident("cwsandbox-local");
+        r = die_with_parent();
+        if (r < 0) {
+                log_error("cannot follow the parent process: %s", strerror(-r));
+                return 1;
+        }
         faults_init(&m.backend.faults);
         r = parse_argv(argc, argv, &m.backend.faults);
         if (r <= 0) {

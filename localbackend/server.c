@@ -30,6 +30,8 @@
 #include <grpc/grpc_security.h>
 
 #include "cwsandboxlocal/v1/control.pb-c.h"
+#include "google/rpc/error_details.pb-c.h"
+#include "google/rpc/status.pb-c.h"
 #include "log.h"
 #include "pbgrpc.h"
 #include "sandbox.h"
@@ -44,6 +46,12 @@
 #define MIN_PING_INTERVAL_MS 1000
 /* Longer authorization values are refused without being compared. */
 #define AUTHORIZATION_MAX 4096
+/* Streams per HTTP/2 connection, as real servers commonly cap them: a client
+ * that wants more at once must spread them over several connections. */
+#define MAX_CONCURRENT_STREAMS 100
+/* The AIP-193 ErrorInfo of an unknown sandbox, as the SDK recognises it. */
+#define ERROR_DOMAIN "cwsandbox.com"
+#define REASON_SANDBOX_NOT_FOUND "CWSANDBOX_SANDBOX_NOT_FOUND"
 
 typedef struct MethodDef {
         const char *path;
@@ -145,8 +153,45 @@ int call_start_batch(Call *c, const grpc_op *ops, size_t n, CqTag *tag) {
         return 0;
 }
 
+/* Every handler words an unknown sandbox as "sandbox ID not found". */
+static bool details_sandbox_not_found(const char *details) {
+        static const char prefix[] = "sandbox ", suffix[] = " not found";
+        size_t n = strlen(details);
+
+        return n > strlen(prefix) + strlen(suffix) && strncmp(details, prefix, strlen(prefix)) == 0 &&
+               streq(details + n - strlen(suffix), suffix);
+}
+
+/* A google.rpc.Status with one ErrorInfo, packed, for the
+ * grpc-status-details-bin trailer. */
+static grpc_slice status_details_bin(grpc_status_code code, const char *message, const char *reason) {
+        Google__Rpc__ErrorInfo info = GOOGLE__RPC__ERROR_INFO__INIT;
+        Google__Protobuf__Any any = GOOGLE__PROTOBUF__ANY__INIT;
+        Google__Protobuf__Any *details[] = { &any };
+        Google__Rpc__Status st = GOOGLE__RPC__STATUS__INIT;
+        grpc_slice s;
+
+        info.reason = (char *)reason;
+        info.domain = (char *)ERROR_DOMAIN;
+        any.type_url = (char *)"type.googleapis.com/google.rpc.ErrorInfo";
+        any.value.len = google__rpc__error_info__get_packed_size(&info);
+        any.value.data = malloc(any.value.len ? any.value.len : 1);
+        if (!any.value.data)
+                return grpc_empty_slice();
+        google__rpc__error_info__pack(&info, any.value.data);
+        st.code = (int32_t)code;
+        st.message = (char *)message;
+        st.n_details = ELEMENTSOF(details);
+        st.details = details;
+        s = grpc_slice_malloc(google__rpc__status__get_packed_size(&st));
+        google__rpc__status__pack(&st, GRPC_SLICE_START_PTR(s));
+        free(any.value.data);
+        return s;
+}
+
 int call_send_status(Call *c, grpc_byte_buffer *msg, grpc_status_code code, const char *details) {
         grpc_op ops[3] = {};
+        grpc_metadata trailer = {};
         size_t n = 0;
         int r;
 
@@ -165,11 +210,19 @@ int call_send_status(Call *c, grpc_byte_buffer *msg, grpc_status_code code, cons
         ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
         ops[n].data.send_status_from_server.status = code;
         ops[n].data.send_status_from_server.status_details = code == GRPC_STATUS_OK ? NULL : &c->status_details;
+        if (code == GRPC_STATUS_NOT_FOUND && details && details_sandbox_not_found(details)) {
+                trailer.key = grpc_slice_from_static_string("grpc-status-details-bin");
+                trailer.value = status_details_bin(code, details, REASON_SANDBOX_NOT_FOUND);
+                ops[n].data.send_status_from_server.trailing_metadata_count = 1;
+                ops[n].data.send_status_from_server.trailing_metadata = &trailer;
+        }
         n++;
 
         c->status_started = true;
         c->result = code;
         r = call_start_batch(c, ops, n, &c->status_tag);
+        /* start_batch took its own reference to the trailer's value. */
+        grpc_slice_unref(trailer.value);
         if (msg)
                 grpc_byte_buffer_destroy(msg);
         return r;
@@ -796,6 +849,7 @@ int server_start(Backend *b, char *const *listen, size_t n_listen) {
                 { GRPC_ARG_INTEGER, (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, { .integer = MAX_RECEIVE_MESSAGE_BYTES } },
                 { GRPC_ARG_INTEGER, (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, { .integer = -1 } },
                 { GRPC_ARG_INTEGER, (char *)GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, { .integer = 1 } },
+                { GRPC_ARG_INTEGER, (char *)GRPC_ARG_MAX_CONCURRENT_STREAMS, { .integer = MAX_CONCURRENT_STREAMS } },
                 { GRPC_ARG_INTEGER, (char *)GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
                   { .integer = MIN_PING_INTERVAL_MS } },
                 /* A port another process holds must fail, not be shared. */

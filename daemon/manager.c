@@ -1,0 +1,286 @@
+/*
+ * Manager: start-up and shut-down of the daemon's parts, and ids.
+ *
+ * Start: completion queue, then the backend (for the embedded backend: the
+ * child first, then the channel pool once it listens), then the socket.
+ * Stop: the reverse; every part reports when it has nothing left on the
+ * loop, and only then is the next one torn down, so the loop ends with no
+ * handle open.
+ */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "apikey.h"
+#include "log.h"
+#include "manager.h"
+#include "session.h"
+
+#ifndef BINDIR
+#define BINDIR "/usr/bin"
+#endif
+
+uint64_t manager_now_ms(const Manager *m) {
+        return uv_now(m->loop);
+}
+
+int64_t manager_wall_ms(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+char *manager_new_id(Manager *m, const char *prefix) {
+        uint8_t rnd[8];
+        char *id;
+
+        /* Random, not a counter: ids are handed to clients and must not be guessable. */
+        if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd)) {
+                uint64_t x = ++m->next_serial ^ (uint64_t)manager_wall_ms() << 20;
+
+                memcpy(rnd, &x, sizeof(rnd));
+        }
+        if (asprintf(&id, "%s%02x%02x%02x%02x%02x%02x%02x%02x", prefix, rnd[0], rnd[1], rnd[2], rnd[3],
+                     rnd[4], rnd[5], rnd[6], rnd[7]) < 0)
+                return NULL;
+        return id;
+}
+
+/* "cwsandboxd-host-" + the host name, lowercased, with anything odd as '-'. */
+static void make_host_tag(Manager *m) {
+        char host[64] = "localhost";
+        size_t plen = strlen(MANAGER_HOST_TAG_PREFIX);
+
+        (void)gethostname(host, sizeof(host) - 1);
+        host[sizeof(host) - 1] = 0;
+        for (char *p = host; *p; p++)
+                *p = isalnum((unsigned char)*p) || *p == '.' || *p == '-' ? (char)tolower((unsigned char)*p) : '-';
+        memcpy(m->host_tag, MANAGER_HOST_TAG_PREFIX, plen);
+        snprintf(m->host_tag + plen, sizeof(m->host_tag) - plen, "%s", host[0] ? host : "localhost");
+}
+
+/* ---- start ----------------------------------------------------------------------------- */
+
+static void conn_gone(void *userdata, Conn *conn) {
+        session_conn_gone(userdata, conn);
+}
+
+static int start_server(Manager *m, int listen_fd) {
+        const Config *c = m->config;
+        ServerOptions o = {
+                .socket_path = c->socket_path,
+                .listen_fd = listen_fd,
+                .max_frame_bytes = c->max_frame_bytes,
+                .max_connections = (unsigned)c->max_connections,
+                .max_connections_per_uid = (unsigned)c->max_connections_per_uid,
+                .daemon_version = PROJECT_VERSION,
+                .backend_kind = m->local ? "local" : "remote",
+                .backend_url = m->local ? "" : c->backend_url,
+                .dispatch = manager_dispatch,
+                .conn_gone = conn_gone,
+                .userdata = m,
+        };
+        int r;
+
+        r = server_new(m->loop, &o, &m->server);
+        /* server_new() has logged why. */
+        return r;
+}
+
+static int start_backend(Manager *m, const char *target, bool tls, const char *key) {
+        BackendOptions o = {
+                .target = target,
+                .tls = tls,
+                .api_key = key,
+                .pool_size = (unsigned)m->config->channel_pool_size,
+        };
+        int r;
+
+        r = backend_new(m->loop, &m->cq, &o, &m->backend);
+        if (r < 0)
+                log_error("cannot set up the backend client for %s: %s", target, strerror(-r));
+        return r;
+}
+
+static void local_ready(void *userdata) {
+        Manager *m = userdata;
+        int r;
+
+        log_info("embedded backend listening on %s", local_child_target(m->local));
+        r = start_backend(m, local_child_target(m->local), false, local_child_token(m->local));
+        if (r >= 0)
+                r = start_server(m, m->listen_fd);
+        if (r < 0) {
+                /* Nothing to serve with: stop as if asked to, and let main report it. */
+                m->start_failed = r;
+                manager_stop(m, NULL, NULL);
+                return;
+        }
+        m->ready(m->ready_userdata);
+}
+
+static int start_local(Manager *m) {
+        const Config *c = m->config;
+        _cleanup_free_ char *dir = NULL, *program = NULL;
+        LocalChildOptions o = { 0 };
+
+        if (asprintf(&dir, "%s/local", c->state_dir) < 0)
+                return -ENOMEM;
+        if (c->local_backend_path && *c->local_backend_path)
+                program = strdup(c->local_backend_path);
+        else
+                program = strdup(BINDIR "/cwsandbox-local");
+        if (!program)
+                return -ENOMEM;
+        o.program = program;
+        o.dir = dir;
+        o.log_level = log_level_to_string(c->log_level);
+        return local_child_new(m->loop, &o, local_ready, m, &m->local);
+}
+
+int manager_new(uv_loop_t *loop, const Config *config, int listen_fd,
+                void (*ready)(void *userdata), void *userdata, Manager **ret) {
+        Manager *m;
+        int r;
+
+        m = calloc(1, sizeof(*m));
+        if (!m)
+                return -ENOMEM;
+        m->loop = loop;
+        m->config = config;
+        m->start_ms = uv_now(loop);
+        make_host_tag(m);
+        r = cq_loop_init(&m->cq, loop);
+        if (r < 0) {
+                free(m);
+                return log_error("cannot start the completion queue: %s", strerror(-r)), r;
+        }
+        tracker_init(&m->tracker, m);
+        *ret = m;       /* from here on, manager_stop() cleans up */
+
+        m->ready = ready;
+        m->ready_userdata = userdata;
+        m->listen_fd = listen_fd;
+        if (!config->backend_url || !*config->backend_url) {
+                r = start_local(m);
+                if (r < 0)
+                        log_error("cannot start the embedded backend: %s", strerror(-r));
+                return r;
+        }
+
+        r = apikey_load(config->api_key_file, &m->api_key);
+        if (r < 0)
+                return r;
+        if (!m->api_key)
+                log_warning("no API key configured: calls to %s go without authorization", config->backend_url);
+        r = start_backend(m, config->backend_target, config->backend_tls, m->api_key);
+        if (r < 0)
+                return r;
+        r = start_server(m, listen_fd);
+        if (r < 0)
+                return r;
+        ready(userdata);
+        return 0;
+}
+
+/* ---- stop ------------------------------------------------------------------------------ */
+
+static void stop_step(Manager *m);
+
+static void step_done(void *userdata) {
+        Manager *m = userdata;
+
+        m->stop_pending--;
+        stop_step(m);
+}
+
+static void tracker_closed(uv_handle_t *h) {
+        step_done(container_of((uv_timer_t *)h, Tracker, timer)->manager);
+}
+
+static void cq_closed(CqLoop *cq) {
+        step_done(container_of(cq, Manager, cq));
+}
+
+/*
+ * Each stage starts when the previous has reported: connections and calls,
+ * then the tracker and sessions, then the backend's calls, then the child and
+ * the completion queue.
+ */
+static void stop_step(Manager *m) {
+        if (m->stop_pending > 0)
+                return;
+        switch (m->stop_stage++) {
+        case 0:
+                if (m->server) {
+                        m->stop_pending++;
+                        server_close(m->server, step_done, m);
+                }
+                break;
+        case 1:
+                m->stop_pending++;
+                tracker_close(&m->tracker, tracker_closed);
+                session_free_all(m);
+                break;
+        case 2:
+                if (m->backend) {
+                        m->stop_pending++;
+                        backend_shutdown(m->backend, step_done, m);
+                }
+                break;
+        case 3:
+                if (m->local) {
+                        m->stop_pending++;
+                        local_child_stop(m->local, step_done, m);
+                }
+                break;
+        case 4:
+                m->stop_pending++;
+                cq_loop_shutdown(&m->cq, cq_closed);
+                break;
+        default:
+                if (m->stopped)
+                        m->stopped(m->stopped_userdata);
+                return;
+        }
+        stop_step(m);
+}
+
+void manager_stop(Manager *m, void (*done)(void *userdata), void *userdata) {
+        if (done) {
+                m->stopped = done;
+                m->stopped_userdata = userdata;
+        }
+        if (m->stopping)
+                return;
+        m->stopping = true;
+        log_info("shutting down");
+        if (m->server)
+                server_stop_accepting(m->server);
+        stop_step(m);
+}
+
+Manager *manager_free(Manager *m) {
+        if (!m)
+                return NULL;
+        server_free(m->server);
+        backend_free(m->backend);
+        local_child_free(m->local);
+        hashmap_deinit(&m->sessions_by_id);
+        hashmap_deinit(&m->sessions_by_name);
+        hashmap_deinit(&m->handles_by_id);
+        hashmap_deinit(&m->handles_by_sandbox);
+        apikey_free(m->api_key);
+        free(m);
+        return NULL;
+}
