@@ -123,13 +123,13 @@ static int buf_append(Buf *b, const uint8_t *data, size_t n) {
         if (n == 0)
                 return 0;
         if (n > b->cap - b->len) {
-                size_t cap = MAX(b->cap * 2, b->len + n);
-                uint8_t *p = realloc(b->data, MAX(cap, (size_t)4096));
+                size_t cap = MAX(MAX(b->cap * 2, b->len + n), (size_t)4096);
+                uint8_t *p = realloc(b->data, cap);
 
                 if (!p)
                         return -ENOMEM;
                 b->data = p;
-                b->cap = MAX(cap, (size_t)4096);
+                b->cap = cap;
         }
         memcpy(b->data + b->len, data, n);
         b->len += n;
@@ -429,7 +429,8 @@ static void exec_send_output(Exec *e, bool is_stderr, const ProtobufCBinaryData 
         size_t chunk = exec_chunk_max(e), n;
         int r;
 
-        out.stream = is_stderr ? CWSANDBOXD__V1__EXEC_OUTPUT__STREAM__STDERR : CWSANDBOXD__V1__EXEC_OUTPUT__STREAM__STDOUT;
+        out.stream = is_stderr ? CWSANDBOXD__V1__EXEC_OUTPUT__STREAM__STDERR
+                               : CWSANDBOXD__V1__EXEC_OUTPUT__STREAM__STDOUT;
         f.body_case = CWSANDBOXD__V1__DAEMON_FRAME__BODY_EXEC_OUTPUT;
         f.exec_output = &out;
         for (size_t off = 0; off < data->len; off += n) {
@@ -490,7 +491,8 @@ static void exec_on_message(void *userdata, ProtobufCMessage *msg) {
         if (e->call) {
                 switch (r->message_case) {
                 case RESP(OUTPUT):
-                        is_stderr = r->output->stream == COREWEAVE__SANDBOX__V1__EXEC_STREAM_OUTPUT__STREAM__STREAM_STDERR;
+                        is_stderr = r->output->stream ==
+                                    COREWEAVE__SANDBOX__V1__EXEC_STREAM_OUTPUT__STREAM__STREAM_STDERR;
                         if (e->req->buffered)
                                 exec_collect(e, is_stderr, &r->output->data);
                         else if (r->output->data.len > 0)

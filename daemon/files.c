@@ -356,8 +356,8 @@ static void write_on_input(Call *call, const ClientFrame *f) {
                            w->complete ? "a chunk after the last one" : "exec input is not a file chunk");
                 file_op_fail(&w->op, &st);
         } else if (chunk->data.len > w->size - w->len) {
-                status_set(&st, GRPC_STATUS_INVALID_ARGUMENT, "write file %s: more than the announced %" PRIu64 " bytes",
-                           w->op.path, w->size);
+                status_set(&st, GRPC_STATUS_INVALID_ARGUMENT,
+                           "write file %s: more than the announced %" PRIu64 " bytes", w->op.path, w->size);
                 file_op_fail(&w->op, &st);
         } else if (chunk->last && w->len + chunk->data.len != w->size) {
                 status_set(&st, GRPC_STATUS_INVALID_ARGUMENT, "write file %s: %zu bytes, %" PRIu64 " announced",

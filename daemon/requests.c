@@ -699,7 +699,7 @@ static void req_status(Manager *m, Call *call) {
 static void req_metrics(Manager *m, Call *call, const Cwsandboxd__V1__MetricsRequest *req) {
         DaemonFrame f = CWSANDBOXD__V1__DAEMON_FRAME__INIT;
         Cwsandboxd__V1__MetricsReply reply = CWSANDBOXD__V1__METRICS_REPLY__INIT;
-        Cwsandboxd__V1__MetricsReply__ValuesEntry e[3 + 2 * _BACKEND_METHOD_MAX], *ptrs[ELEMENTSOF(e)];
+        Cwsandboxd__V1__MetricsReply__ValuesEntry e[6 + 2 * _BACKEND_METHOD_MAX], *ptrs[ELEMENTSOF(e)];
         char names[2 * _BACKEND_METHOD_MAX][64];
         Session *s = NULL;
         Status st;
@@ -725,6 +725,8 @@ static void req_metrics(Manager *m, Call *call, const Cwsandboxd__V1__MetricsReq
                 VALUE("cwsandboxd/connections", server_connections(m->server));
                 VALUE("cwsandboxd/sessions", hashmap_size(&m->sessions_by_name));
                 VALUE("cwsandboxd/handles", hashmap_size(&m->handles_by_id));
+                VALUE("cwsandboxd/tracker_ticks", m->tracker.ticks);
+                VALUE("cwsandboxd/tracker_watched", m->tracker.n_watched);
                 for (int i = 0; i < _BACKEND_METHOD_MAX; i++) {
                         const BackendMethodStats *bs = backend_stats(m->backend, (BackendMethod)i);
 
