@@ -537,7 +537,6 @@ static void handle_created(void *userdata, const Status *st, ProtobufCMessage *r
                         status_set(&err, GRPC_STATUS_INTERNAL, "the backend returned no sandbox id");
                 status_prefix(&err, "create sandbox");
                 log_full(LOG_LEVEL_WARNING, sid, NULL, "create of %s failed: %s", h->id, err.message);
-                h->create_status = err;
                 for (w = h->waiters; w; w = next) {
                         next = w->next;
                         waiter_finish(w, &err);

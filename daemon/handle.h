@@ -42,7 +42,6 @@ struct Handle {
 
         Coreweave__Sandbox__V1__CreateSandboxRequest *create_request;   /* until created */
         BackendCall *create_call;
-        Status create_status;           /* the last failed create */
         uint64_t create_sent_ms;        /* loop clock; startup time = first RUNNING - this */
         bool startup_recorded;
 
@@ -66,7 +65,6 @@ struct Handle {
         RetryBudget budget;
         bool polling;                   /* a GetSandbox for it is in flight */
         bool seen_in_tick;
-        Status last_poll_error;
 };
 
 /* ---- lifetime -------------------------------------------------------------------- */

@@ -96,7 +96,6 @@ static void snapshot_free(Handle **v, unsigned n) {
 static void poll_failed(Tracker *t, Handle *h, const Status *st) {
         uint64_t delay;
 
-        h->last_poll_error = *st;
         if (retry_classify(st->code, st->reason) == RETRY_FATAL ||
             retry_budget_next_delay(&h->budget, manager_now_ms(t->manager), st->retry_delay_ms, NULL, NULL,
                                     &delay) != 0) {
