@@ -120,8 +120,8 @@ static const ConfigKey config_keys[] = {
                 "Largest file read or written",
         }, {
                 "channel_pool_size", CONFIG_TYPE_UINT, offsetof(Config, channel_pool_size), 1, 64,
-                "4",
-                "gRPC channels to the backend",
+                "8",
+                "gRPC channels to the backend (90 streams each)",
         },
 };
 

@@ -113,7 +113,7 @@ static void test_defaults(void) {
                 { "stop_on_shutdown", "false" },
                 { "local_backend_path", "" },
                 { "max_file_bytes", "268435456" },
-                { "channel_pool_size", "4" },
+                { "channel_pool_size", "8" },
         };
         Config c;
 
