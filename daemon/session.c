@@ -407,6 +407,8 @@ void session_conn_gone(Manager *m, Conn *conn) {
                 }
                 log_full(LOG_LEVEL_INFO, h->session ? h->session->id : NULL, h->sandbox_id,
                          "creating connection closed: stopping connection-scoped sandbox %s", h->id);
+                /* It belonged to the connection: it leaves the session now, its stop goes on. */
+                handle_untrack(h);
                 handle_stop(h, STOP_GRACE_DEFAULT_S, true, conn_scope_stopped, h);
         }
         while (cs->n_sessions > 0)
