@@ -236,6 +236,12 @@ void handle_untrack(Handle *h) {
 
 /* ---- state --------------------------------------------------------------------------- */
 
+const char *handle_state_name(SandboxState s) {
+        const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(&cwsandboxd__v1__sandbox_state__descriptor, s);
+
+        return v ? v->name + strlen("SANDBOX_STATE_") : "UNKNOWN";
+}
+
 bool handle_is_terminal(const Handle *h) {
         return h->state == STATE(COMPLETED) || h->state == STATE(FAILED) || h->state == STATE(TERMINATED);
 }
@@ -279,8 +285,8 @@ void handle_apply(Handle *h, const Coreweave__Sandbox__V1__Sandbox *sb, bool pol
         if (s->state == BSTATE(UNSPECIFIED))
                 to = poll ? STATE(COMPLETED) : h->state;
         if (to != h->state && state_change_allowed(h, to)) {
-                log_full(LOG_LEVEL_DEBUG, h->session ? h->session->id : NULL, h->sandbox_id, "state %d -> %d",
-                         (int)h->state, (int)to);
+                log_full(LOG_LEVEL_DEBUG, h->session ? h->session->id : NULL, h->sandbox_id, "%s -> %s",
+                         handle_state_name(h->state), handle_state_name(to));
                 h->state = to;
                 if (poll && to == STATE(COMPLETED) &&
                     s->_exit_code_case == COREWEAVE__SANDBOX__V1__SANDBOX_STATUS___EXIT_CODE_EXIT_CODE) {
@@ -312,7 +318,8 @@ void handle_apply_gone(Handle *h, const char *why) {
 void handle_to_pb(const Handle *h, Cwsandboxd__V1__SandboxInfo *out) {
         cwsandboxd__v1__sandbox_info__init(out);
         out->sandbox_id = h->sandbox_id ? h->sandbox_id : (char *)"";
-        out->handle_id = h->id;
+        /* Only a tracked handle can be found again by its handle id. */
+        out->handle_id = h->session ? h->id : (char *)"";
         out->session_id = h->session ? h->session->id : (char *)"";
         out->state = h->state;
         out->state_reason = h->state_reason ? h->state_reason : (char *)"";

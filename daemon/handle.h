@@ -155,6 +155,8 @@ void handle_apply_gone(Handle *h, const char *why);
 void handle_fail_waiters(Handle *h, const Status *st);
 
 bool handle_is_terminal(const Handle *h);
+/* "RUNNING" and so on, for logs and status. */
+const char *handle_state_name(SandboxState s);
 /* Has waiters whose condition needs a backend poll. */
 bool handle_needs_poll(const Handle *h);
 /* Waiters need a terminal state (so listing must include terminated sandboxes). */

@@ -650,12 +650,6 @@ static void req_delete(Manager *m, Call *call, const Cwsandboxd__V1__DeleteSandb
 
 /* ---- daemon -------------------------------------------------------------------------------- */
 
-static const char *state_name(SandboxState s) {
-        const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(&cwsandboxd__v1__sandbox_state__descriptor, s);
-
-        return v ? v->name + strlen("SANDBOX_STATE_") : "UNKNOWN";
-}
-
 static void req_status(Manager *m, Call *call) {
         DaemonFrame f = CWSANDBOXD__V1__DAEMON_FRAME__INIT;
         Cwsandboxd__V1__StatusReply reply = CWSANDBOXD__V1__STATUS_REPLY__INIT;
@@ -674,7 +668,7 @@ static void req_status(Manager *m, Call *call) {
                 if (!counts[i])
                         continue;
                 cwsandboxd__v1__status_reply__sandboxes_by_state_entry__init(&entries[reply.n_sandboxes_by_state]);
-                entries[reply.n_sandboxes_by_state].key = (char *)state_name(s);
+                entries[reply.n_sandboxes_by_state].key = (char *)handle_state_name(s);
                 entries[reply.n_sandboxes_by_state].value = counts[i];
                 ptrs[reply.n_sandboxes_by_state] = &entries[reply.n_sandboxes_by_state];
                 reply.n_sandboxes_by_state++;
