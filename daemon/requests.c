@@ -92,6 +92,16 @@ static void fail(Call *call, grpc_status_code code, const char *fmt, ...) {
         call_fail(call, &st, NULL);
 }
 
+/* The session @id for the caller, or NULL after the call has been failed. */
+static Session *session_or_fail(Manager *m, Call *call, const char *id) {
+        Status st;
+        Session *s = session_lookup(m, call->conn, id, &st);
+
+        if (!s)
+                call_fail(call, &st, NULL);
+        return s;
+}
+
 /* ---- sessions ---------------------------------------------------------------------------- */
 
 static void req_attach(Manager *m, Call *call, const Cwsandboxd__V1__AttachSessionRequest *req) {
@@ -108,13 +118,10 @@ static void req_attach(Manager *m, Call *call, const Cwsandboxd__V1__AttachSessi
 
 static void req_detach(Manager *m, Call *call, const Cwsandboxd__V1__DetachSessionRequest *req) {
         Session *s;
-        Status st;
 
-        s = session_lookup(m, call->conn, req->session_id, &st);
-        if (!s) {
-                call_fail(call, &st, NULL);
+        s = session_or_fail(m, call, req->session_id);
+        if (!s)
                 return;
-        }
         session_detach(s, call->conn);
         call_finish(call, NULL);
 }
@@ -150,13 +157,10 @@ static void close_done(void *userdata, unsigned stopped, const Status *failures,
 
 static void req_close(Manager *m, Call *call, const Cwsandboxd__V1__CloseSessionRequest *req) {
         Session *s;
-        Status st;
 
-        s = session_lookup(m, call->conn, req->session_id, &st);
-        if (!s) {
-                call_fail(call, &st, NULL);
+        s = session_or_fail(m, call, req->session_id);
+        if (!s)
                 return;
-        }
         log_full(LOG_LEVEL_INFO, s->id, NULL, "close requested by pid %d", (int)conn_peer(call->conn)->pid);
         session_close(s, close_done, call);
 }
@@ -205,11 +209,9 @@ static void req_create(Manager *m, Call *call, const Cwsandboxd__V1__CreateSandb
         Handle *h;
         Status st;
 
-        s = session_lookup(m, call->conn, req->session_id, &st);
-        if (!s) {
-                call_fail(call, &st, NULL);
+        s = session_or_fail(m, call, req->session_id);
+        if (!s)
                 return;
-        }
         if (s->closing) {
                 fail(call, GRPC_STATUS_FAILED_PRECONDITION, "session %s is closing", s->id);
                 return;
@@ -340,13 +342,10 @@ static void resolved_adopt(void *userdata, Handle *h, const Status *st) {
 static void req_adopt(Manager *m, Call *call, const Cwsandboxd__V1__AdoptSandboxRequest *req) {
         Pending *p;
         Session *s;
-        Status st;
 
-        s = session_lookup(m, call->conn, req->session_id, &st);
-        if (!s) {
-                call_fail(call, &st, NULL);
+        s = session_or_fail(m, call, req->session_id);
+        if (!s)
                 return;
-        }
         p = pending_new(m, call);
         p->adopt = req->adopt;
         p->session_id = strdup(s->id);
@@ -494,14 +493,11 @@ static void list_add_tag(ListCtx *l, const char *tag) {
 static void req_list(Manager *m, Call *call, const Cwsandboxd__V1__ListSandboxesRequest *req) {
         ListCtx *l;
         Session *s = NULL;
-        Status st;
 
         if (req->session_id && *req->session_id) {
-                s = session_lookup(m, call->conn, req->session_id, &st);
-                if (!s) {
-                        call_fail(call, &st, NULL);
+                s = session_or_fail(m, call, req->session_id);
+                if (!s)
                         return;
-                }
         } else if (req->adopt) {
                 fail(call, GRPC_STATUS_INVALID_ARGUMENT, "adopt: needs a session_id");
                 return;
@@ -696,15 +692,12 @@ static void req_metrics(Manager *m, Call *call, const Cwsandboxd__V1__MetricsReq
         Cwsandboxd__V1__MetricsReply__ValuesEntry e[6 + 2 * _BACKEND_METHOD_MAX], *ptrs[ELEMENTSOF(e)];
         char names[2 * _BACKEND_METHOD_MAX][64];
         Session *s = NULL;
-        Status st;
         size_t n = 0;
 
         if (req->session_id && *req->session_id) {
-                s = session_lookup(m, call->conn, req->session_id, &st);
-                if (!s) {
-                        call_fail(call, &st, NULL);
+                s = session_or_fail(m, call, req->session_id);
+                if (!s)
                         return;
-                }
         }
 #define VALUE(k, v) do {                                                                \
                 cwsandboxd__v1__metrics_reply__values_entry__init(&e[n]);               \
