@@ -9,22 +9,20 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <poll.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "backend-proc.h"
 #include "macro.h"
+#include "test-util.h"
 
 #define START_TIMEOUT_MS 10000
 
@@ -42,41 +40,8 @@ static void pause_ms(int ms) {
                 ;
 }
 
-static int unlink_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-        (void)(flag == FTW_DP ? rmdir(path) : unlink(path));
-        return 0;
-}
-
-/* rm -rf that stays on one file system: a mount left behind by a broken
- * backend is skipped, never descended into. */
-static void rm_rf(const char *dir) {
-        (void)nftw(dir, unlink_cb, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
-}
-
-static bool unix_accepts(const char *path) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        _cleanup_close_ int fd = -1;
-
-        if (strlen(path) >= sizeof(sa.sun_path))
-                return false;
-        strcpy(sa.sun_path, path);
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0)
-                return false;
-        return connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-}
-
 bool backend_proc_alive(BackendProc *p) {
-        int status;
-
-        if (p->pid <= 0)
-                return false;
-        if (waitpid(p->pid, &status, WNOHANG) == p->pid) {
-                p->wait_status = status;
-                p->pid = 0;
-                return false;
-        }
-        return true;
+        return test_child_alive(&p->pid, &p->wait_status);
 }
 
 /* Read one line of the child's stdout (the bound address) into p->target. */
@@ -199,7 +164,7 @@ static int wait_ready(BackendProc *p, bool tcp) {
                 return read_address(p, end);
         path = p->target + strlen("unix:");
         for (;;) {
-                if (unix_accepts(path))
+                if (test_unix_accepts(path))
                         return 0;
                 if (!backend_proc_alive(p))
                         return -ECHILD;
@@ -284,7 +249,7 @@ BackendProc *backend_proc_free(BackendProc *p) {
         if (p->stdout_fd >= 0)
                 close(p->stdout_fd);
         if (p->dir)
-                rm_rf(p->dir);
+                test_rm_rf(p->dir);
         free(p->dir);
         free(p->work_dir);
         free(p->target);

@@ -5,15 +5,12 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -23,33 +20,8 @@
 
 #define START_TIMEOUT_MS 30000
 
-static int unlink_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-        (void)(flag == FTW_DP ? rmdir(path) : unlink(path));
-        return 0;
-}
-
-static bool socket_accepts(const char *path) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        _cleanup_close_ int fd = -1;
-
-        if (strlen(path) >= sizeof(sa.sun_path))
-                return false;
-        strcpy(sa.sun_path, path);
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        return fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-}
-
 static bool daemon_alive(DaemonProc *p) {
-        int status;
-
-        if (p->pid <= 0)
-                return false;
-        if (waitpid(p->pid, &status, WNOHANG) == p->pid) {
-                p->wait_status = status;
-                p->pid = 0;
-                return false;
-        }
-        return true;
+        return test_child_alive(&p->pid, &p->wait_status);
 }
 
 static void child_exec(const char *bin, char **argv, pid_t parent) {
@@ -96,7 +68,7 @@ static int spawn(DaemonProc *p) {
         for (end = test_mono_ms() + START_TIMEOUT_MS; test_mono_ms() < end; test_sleep_ms(20)) {
                 if (!daemon_alive(p))
                         return -ECHILD;
-                if (socket_accepts(p->socket_path))
+                if (test_unix_accepts(p->socket_path))
                         return 0;
         }
         return -ETIMEDOUT;
@@ -186,7 +158,7 @@ DaemonProc *daemon_proc_free(DaemonProc *p) {
         if (p->pid > 0)
                 (void)daemon_proc_stop(p, 20000, NULL);
         if (p->dir)
-                (void)nftw(p->dir, unlink_cb, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+                test_rm_rf(p->dir);
         for (char **a = p->extra_args; a && *a; a++)
                 free(*a);
         free(p->extra_args);

@@ -7,12 +7,16 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 
 #include "macro.h"
 #include "test-util.h"
@@ -201,4 +205,37 @@ char *test_chomp(char *s) {
         while (n && (s[n - 1] == '\n' || s[n - 1] == '\r'))
                 s[--n] = 0;
         return s;
+}
+
+bool test_unix_accepts(const char *path) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        _cleanup_close_ int fd = -1;
+
+        if (strlen(path) >= sizeof(sa.sun_path))
+                return false;
+        strcpy(sa.sun_path, path);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        return fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+}
+
+bool test_child_alive(pid_t *pid, int *status) {
+        int st;
+
+        if (*pid <= 0)
+                return false;
+        if (waitpid(*pid, &st, WNOHANG) == *pid) {
+                *status = st;
+                *pid = 0;
+                return false;
+        }
+        return true;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+        (void)(flag == FTW_DP ? rmdir(path) : unlink(path));
+        return 0;
+}
+
+void test_rm_rf(const char *dir) {
+        (void)nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
 }

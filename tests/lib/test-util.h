@@ -92,3 +92,20 @@ void test_diag_status(const char *what, int r, const BcStatus *st);
  * test_chomp() - strip trailing newlines (and carriage returns) in place.
  */
 char *test_chomp(char *s);
+
+/**
+ * test_unix_accepts() - something accepts connections on the Unix socket @path.
+ */
+bool test_unix_accepts(const char *path);
+
+/**
+ * test_child_alive() - the child *@pid has not exited; once it has, it is
+ * reaped, its status stored in *@status and *@pid set to 0.
+ */
+bool test_child_alive(pid_t *pid, int *status);
+
+/**
+ * test_rm_rf() - remove @dir and what is in it, staying on one file system:
+ * a mount left behind is skipped, never descended into.
+ */
+void test_rm_rf(const char *dir);
