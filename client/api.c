@@ -14,6 +14,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -815,6 +816,12 @@ struct cws_exec {
         Call *call;
         DaemonFrame *cur;               /* an ExecOutput being read */
         size_t off;
+        /*
+         * The reading thread sets the end; one other thread may write stdin
+         * meanwhile and needs to see it, so the end is set and read elsewhere
+         * under this lock.
+         */
+        pthread_mutex_t lock;
         bool ended;                     /* the final frame has come, or the call failed */
         bool has_exit;
         int exit_code;
@@ -919,6 +926,7 @@ CWS_EXPORT int cws_exec_start(cws_conn *c, const char *id, const char *const *ar
                 free(x);
                 return r;
         }
+        pthread_mutex_init(&x->lock, NULL);
         f.body_case = BODY(EXEC);
         f.exec = &req;
         r = call_send(x->call, &f, err);
@@ -933,6 +941,7 @@ CWS_EXPORT int cws_exec_start(cws_conn *c, const char *id, const char *const *ar
 
 /* The exec has ended with @code (0 = its final frame came without error). */
 static void exec_end(cws_exec *x, int code, const cws_error *e) {
+        pthread_mutex_lock(&x->lock);
         x->ended = true;
         x->end_code = code;
         if (code != 0 && e)
@@ -941,6 +950,7 @@ static void exec_end(cws_exec *x, int code, const cws_error *e) {
                 x->end_code = CWS_UNAVAILABLE;
                 cws_fail(&x->end_err, CWS_UNAVAILABLE, "the exec ended without an exit status");
         }
+        pthread_mutex_unlock(&x->lock);
 }
 
 /* Take the next frame: output into x->cur, or the exit, or the end. */
@@ -1030,12 +1040,17 @@ CWS_EXPORT int cws_exec_read(cws_exec *x, void *buf, size_t size, int timeout_ms
 
 static int exec_input(cws_exec *x, Cwsandboxd__V1__ExecInput *in, cws_error *err) {
         ClientFrame f = CWSANDBOXD__V1__CLIENT_FRAME__INIT;
+        int r = 0;
 
         if (!x)
                 return cws_fail(err, CWS_INVALID_ARGUMENT, "exec: required");
+        pthread_mutex_lock(&x->lock);
         if (x->ended)
-                return x->end_code ? exec_ended(x, err)
-                                   : cws_fail(err, CWS_FAILED_PRECONDITION, "the exec has ended");
+                r = x->end_code ? exec_ended(x, err)
+                                : cws_fail(err, CWS_FAILED_PRECONDITION, "the exec has ended");
+        pthread_mutex_unlock(&x->lock);
+        if (r != 0)
+                return r;
         f.body_case = BODY(EXEC_INPUT);
         f.exec_input = in;
         return call_send(x->call, &f, err);
@@ -1116,6 +1131,7 @@ CWS_EXPORT void cws_exec_free(cws_exec *x) {
                 return;
         daemon_frame_free(x->cur);
         call_free(x->call);
+        pthread_mutex_destroy(&x->lock);
         free(x);
 }
 

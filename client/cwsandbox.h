@@ -5,7 +5,8 @@
  * by any number of threads: each call gets its own call id, replies are
  * routed to it by a reader thread the connection owns, and writes are
  * serialized. Streaming calls (cws_exec, cws_logs) are objects of their own;
- * one such object is used by one thread at a time.
+ * one such object is read by one thread at a time, and for a cws_exec one
+ * other thread may write stdin, resize, close stdin or cancel meanwhile.
  *
  * Errors. Every function that can fail returns 0 on success or a positive
  * cws_code: the daemon's gRPC status code (1..16) for a failure it reports;

@@ -42,26 +42,22 @@
 #include <ctype.h>
 #include <inttypes.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "handle.h"
 #include "log.h"
-#include "ops.h"
+#include "ops-internal.h"
 #include "pbgrpc.h"
 #include "retry.h"
-#include "session.h"
 
 #define EXEC_ARGS_MAX           1024
 #define EXEC_TTY_MAX            65535u                  /* a pty's size is an unsigned short */
 #define EXEC_CREDIT_DEFAULT     (256 * 1024)
-#define EXEC_CREDIT_MAX         (INT64_C(1) << 40)
 #define EXEC_STDIN_CHUNK        (64u * 1024)            /* the SDK's stdin message size */
 #define EXEC_STDIN_QUEUE_MAX    (8u * 1024 * 1024)
-#define EXEC_OUTPUT_CHUNK_MAX   (1024u * 1024)
-#define EXEC_FRAME_MARGIN       256u                    /* frame fields around the payload */
+#define EXEC_BUF_MIN            4096u
 #define EXEC_DEADLINE_SLACK_MS  5000                    /* the SDK's client timeout buffer */
 #define EXEC_TIMEOUT_MAX_MS     (INT64_C(366) * 24 * 3600 * 1000)
 
@@ -82,59 +78,20 @@ typedef struct PendingInput {
         ExecInput *input;
 } PendingInput;
 
-typedef struct Buf {
-        uint8_t *data;
-        size_t len, cap;
-} Buf;
-
 typedef struct Exec {
-        Manager *manager;
-        Call *call;                     /* NULL once the client's call has ended */
+        Op op;
         ExecRequest *req;               /* our copy */
-        Handle *handle;                 /* the operation's reference, from the wait on */
-        char *session_id;               /* for logs; NULL for a sandbox in no session */
-        BackendStream *stream;          /* from open until done */
-        bool waiting;                   /* the handle wait has not returned */
         bool opened;
-        bool reading;                   /* a backend read is outstanding */
-        bool cancelled;                 /* we cancelled the stream */
         bool stdin_closed;
-        int64_t credit;
+        int32_t exit_code;              /* for the log, once it has exited */
         int64_t timeout_ms;             /* the command's */
         uint64_t start_ms;
         PendingInput *pending, **pending_tail;
         size_t pending_bytes;
-        Buf out, err;                   /* buffered */
+        OpBuf out, err;                 /* buffered */
 } Exec;
 
-static void exec_pump(Exec *e);
-
 /* ---- helpers -------------------------------------------------------------------------- */
-
-static size_t exec_chunk_max(const Exec *e) {
-        return MIN((size_t)EXEC_OUTPUT_CHUNK_MAX, (size_t)e->manager->config->max_frame_bytes - EXEC_FRAME_MARGIN);
-}
-
-static const char *exec_sandbox_id(const Exec *e) {
-        return e->handle && e->handle->sandbox_id ? e->handle->sandbox_id : e->req->sandbox_id;
-}
-
-static int buf_append(Buf *b, const uint8_t *data, size_t n) {
-        if (n == 0)
-                return 0;
-        if (n > b->cap - b->len) {
-                size_t cap = MAX(MAX(b->cap * 2, b->len + n), (size_t)4096);
-                uint8_t *p = realloc(b->data, cap);
-
-                if (!p)
-                        return -ENOMEM;
-                b->data = p;
-                b->cap = cap;
-        }
-        memcpy(b->data + b->len, data, n);
-        b->len += n;
-        return 0;
-}
 
 /* The SDK's shlex.quote(): safe words as they are, the rest in single quotes. */
 static void shell_quote(FILE *f, const char *s) {
@@ -200,7 +157,9 @@ static grpc_status_code exec_validate(const ExecRequest *req, Status *st) {
 
 /* ---- lifetime ------------------------------------------------------------------------- */
 
-static void exec_free(Exec *e) {
+static void exec_release(Op *op) {
+        Exec *e = container_of(op, Exec, op);
+
         while (e->pending) {
                 PendingInput *p = e->pending;
 
@@ -210,67 +169,23 @@ static void exec_free(Exec *e) {
         }
         free(e->out.data);
         free(e->err.data);
-        if (e->handle)
-                handle_unref(e->handle);
-        free(e->session_id);
-        protobuf_c_message_free_unpacked(&e->req->base, NULL);
-        free(e);
+        if (e->req)
+                protobuf_c_message_free_unpacked(&e->req->base, NULL);
 }
 
-static void exec_maybe_free(Exec *e) {
-        if (!e->call && !e->waiting && !e->stream)
-                exec_free(e);
-}
+static void exec_log_end(const Op *op, const Status *st) {
+        const Exec *e = container_of(op, Exec, op);
+        uint64_t ms = manager_now_ms(op->manager) - e->start_ms;
+        const char *sid = op->handle ? op->handle->sandbox_id : NULL;
 
-static void exec_log_end(const Exec *e, const Status *st, int32_t exit_code) {
-        uint64_t ms = manager_now_ms(e->manager) - e->start_ms;
-        const char *sid = e->handle ? e->handle->sandbox_id : NULL;
-
+        if (!e->req)
+                return;         /* out of memory before the request was copied */
         if (status_ok(st))
-                log_full(LOG_LEVEL_DEBUG, e->session_id, sid, "exec %s: exit code %" PRId32 " (%" PRIu64 " ms)",
-                         e->req->command[0], exit_code, ms);
+                log_full(LOG_LEVEL_DEBUG, op->session_id, sid, "exec %s: exit code %" PRId32 " (%" PRIu64 " ms)",
+                         e->req->command[0], e->exit_code, ms);
         else
-                log_full(st->code == GRPC_STATUS_CANCELLED ? LOG_LEVEL_DEBUG : LOG_LEVEL_INFO, e->session_id, sid,
+                log_full(st->code == GRPC_STATUS_CANCELLED ? LOG_LEVEL_DEBUG : LOG_LEVEL_INFO, op->session_id, sid,
                          "exec %s: %s (%" PRIu64 " ms)", e->req->command[0], st->message, ms);
-}
-
-static void exec_cancel_stream(Exec *e) {
-        if (e->stream && !e->cancelled) {
-                e->cancelled = true;
-                backend_stream_cancel(e->stream);
-        }
-}
-
-/* End the client's call with @frame (NULL = empty) as its final frame. */
-static void exec_finish(Exec *e, DaemonFrame *frame, int32_t exit_code) {
-        Call *call = TAKE_PTR(e->call);
-
-        if (!call)
-                return;
-        exec_log_end(e, &STATUS_OK, exit_code);
-        call_finish(call, frame);
-}
-
-/* End the client's call with @st and stop the command, if it still runs. */
-static void exec_fail(Exec *e, const Status *st) {
-        Call *call = TAKE_PTR(e->call);
-
-        exec_cancel_stream(e);
-        if (!call)
-                return;
-        exec_log_end(e, st, 0);
-        call_fail(call, st, exec_sandbox_id(e));
-}
-
-static void exec_failf(Exec *e, grpc_status_code code, const char *fmt, ...) _printf_(3, 4);
-static void exec_failf(Exec *e, grpc_status_code code, const char *fmt, ...) {
-        Status st = { .code = code };
-        va_list ap;
-
-        va_start(ap, fmt);
-        (void)vsnprintf(st.message, sizeof(st.message), fmt, ap);
-        va_end(ap);
-        exec_fail(e, &st);
 }
 
 /* ---- client side ---------------------------------------------------------------------- */
@@ -282,8 +197,8 @@ static void exec_close_stdin(Exec *e) {
         e->stdin_closed = true;
         r.message_case = REQ(CLOSE);
         r.close = &close;
-        (void)backend_stream_write(e->stream, &r.base);
-        backend_stream_close_send(e->stream);
+        (void)backend_stream_write(e->op.stream, &r.base);
+        backend_stream_close_send(e->op.stream);
 }
 
 /* Forward one ExecInput to the open stream. */
@@ -298,7 +213,7 @@ static void exec_forward(Exec *e, const ExecInput *in) {
                 for (size_t off = 0; off < in->stdin.len; off += n) {
                         n = MIN((size_t)EXEC_STDIN_CHUNK, in->stdin.len - off);
                         r.stdin = (ProtobufCBinaryData) { .len = n, .data = in->stdin.data + off };
-                        queued = backend_stream_write(e->stream, &r.base);
+                        queued = backend_stream_write(e->op.stream, &r.base);
                 }
                 break;
         case INPUT(RESIZE):
@@ -306,7 +221,7 @@ static void exec_forward(Exec *e, const ExecInput *in) {
                 resize.height = in->resize->height;
                 r.message_case = REQ(RESIZE);
                 r.resize = &resize;
-                queued = backend_stream_write(e->stream, &r.base);
+                queued = backend_stream_write(e->op.stream, &r.base);
                 break;
         case INPUT(CLOSE):
                 exec_close_stdin(e);
@@ -315,9 +230,9 @@ static void exec_forward(Exec *e, const ExecInput *in) {
                 return;
         }
         if (queued > EXEC_STDIN_QUEUE_MAX)
-                exec_failf(e, GRPC_STATUS_RESOURCE_EXHAUSTED,
-                           "stdin: more than %u bytes wait for the command; write less ahead of it",
-                           EXEC_STDIN_QUEUE_MAX);
+                op_failf(&e->op, GRPC_STATUS_RESOURCE_EXHAUSTED,
+                         "stdin: more than %u bytes wait for the command; write less ahead of it",
+                         EXEC_STDIN_QUEUE_MAX);
 }
 
 /* Keep input that comes before the stream is open. */
@@ -327,14 +242,14 @@ static void exec_keep(Exec *e, const ExecInput *in) {
         if (in->input_case == INPUT(STDIN))
                 e->pending_bytes += in->stdin.len;
         if (e->pending_bytes > EXEC_STDIN_QUEUE_MAX) {
-                exec_failf(e, GRPC_STATUS_RESOURCE_EXHAUSTED,
-                           "stdin: more than %u bytes sent before the sandbox was ready", EXEC_STDIN_QUEUE_MAX);
+                op_failf(&e->op, GRPC_STATUS_RESOURCE_EXHAUSTED,
+                         "stdin: more than %u bytes sent before the sandbox was ready", EXEC_STDIN_QUEUE_MAX);
                 return;
         }
         p = calloc(1, sizeof(*p));
         if (!p || !(p->input = (ExecInput *)pb_message_dup(&in->base))) {
                 free(p);
-                exec_failf(e, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+                op_oom(&e->op);
                 return;
         }
         *e->pending_tail = p;
@@ -342,18 +257,19 @@ static void exec_keep(Exec *e, const ExecInput *in) {
 }
 
 static void exec_on_input(Call *call, const ClientFrame *f) {
-        Exec *e = call->userdata;
+        Exec *e = container_of(call->userdata, Exec, op);
         const ExecInput *in = f->exec_input;
 
         if (f->body_case != CWSANDBOXD__V1__CLIENT_FRAME__BODY_EXEC_INPUT || !e->req->stdin) {
-                exec_failf(e, GRPC_STATUS_INVALID_ARGUMENT, "%s", !e->req->stdin ?
-                           "exec input for an exec without stdin" : "a file chunk is not exec input");
+                op_failf(&e->op, GRPC_STATUS_INVALID_ARGUMENT, "%s", !e->req->stdin ?
+                         "exec input for an exec without stdin" : "a file chunk is not exec input");
                 return;
         }
         if (in->input_case == INPUT(RESIZE) &&
             (!in->resize->width || !in->resize->height ||
              in->resize->width > EXEC_TTY_MAX || in->resize->height > EXEC_TTY_MAX)) {
-                exec_failf(e, GRPC_STATUS_INVALID_ARGUMENT, "resize: width and height must be 1..%u", EXEC_TTY_MAX);
+                op_failf(&e->op, GRPC_STATUS_INVALID_ARGUMENT, "resize: width and height must be 1..%u",
+                         EXEC_TTY_MAX);
                 return;
         }
         if (e->stdin_closed) {
@@ -369,46 +285,22 @@ static void exec_on_input(Call *call, const ClientFrame *f) {
                 exec_keep(e, in);
 }
 
-static void exec_on_credit(Call *call, uint32_t bytes) {
-        Exec *e = call->userdata;
-
-        e->credit = MIN(e->credit + (int64_t)bytes, EXEC_CREDIT_MAX);
-        exec_pump(e);
-}
-
-static void exec_on_cancel(Call *call) {
-        Exec *e = call->userdata;
-
-        exec_failf(e, GRPC_STATUS_CANCELLED, "%s",
-                   call->conn_gone ? "the client's connection closed" : "cancelled by the client");
-        exec_maybe_free(e);
-}
-
-static void exec_on_drain(Call *call) {
-        exec_pump(call->userdata);
-}
-
 static const CallOps exec_call_ops = {
         .input = exec_on_input,
-        .credit = exec_on_credit,
-        .cancel = exec_on_cancel,
-        .drain = exec_on_drain,
+        .credit = op_on_credit,
+        .cancel = op_on_cancel,
+        .drain = op_on_drain,
 };
 
 /* ---- backend side --------------------------------------------------------------------- */
 
-static void exec_pump(Exec *e) {
-        if (!e->stream || e->reading || e->cancelled)
-                return;
-        /* After the call has ended the rest is only drained. */
-        if (e->call && !e->req->buffered && (e->credit <= 0 || !conn_writable(e->call->conn)))
-                return;
-        e->reading = true;
-        backend_stream_read(e->stream);
+/* A buffered exec reads regardless of credit. */
+static void exec_pump(Op *op) {
+        op_stream_read(op, !container_of(op, Exec, op)->req->buffered);
 }
 
 static void exec_collect(Exec *e, bool is_stderr, const ProtobufCBinaryData *data) {
-        size_t cap = (size_t)e->manager->config->max_frame_bytes - EXEC_FRAME_MARGIN;
+        size_t cap = (size_t)e->op.manager->config->max_frame_bytes - OPS_FRAME_MARGIN;
         Status st;
 
         if (data->len > cap - e->out.len - e->err.len) {
@@ -416,35 +308,22 @@ static void exec_collect(Exec *e, bool is_stderr, const ProtobufCBinaryData *dat
                            "the output exceeds %zu bytes, the most a buffered exec returns; use a streaming exec",
                            cap);
                 strcpy(st.reason, "CWSANDBOXD_OUTPUT_TOO_LARGE");
-                exec_fail(e, &st);
+                op_fail(&e->op, &st);
                 return;
         }
-        if (buf_append(is_stderr ? &e->err : &e->out, data->data, data->len) < 0)
-                exec_failf(e, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        if (op_buf_append(is_stderr ? &e->err : &e->out, data->data, data->len, EXEC_BUF_MIN, SIZE_MAX) < 0)
+                op_oom(&e->op);
 }
 
 static void exec_send_output(Exec *e, bool is_stderr, const ProtobufCBinaryData *data) {
         Cwsandboxd__V1__ExecOutput out = CWSANDBOXD__V1__EXEC_OUTPUT__INIT;
         DaemonFrame f = CWSANDBOXD__V1__DAEMON_FRAME__INIT;
-        size_t chunk = exec_chunk_max(e), n;
-        int r;
 
         out.stream = is_stderr ? CWSANDBOXD__V1__EXEC_OUTPUT__STREAM__STDERR
                                : CWSANDBOXD__V1__EXEC_OUTPUT__STREAM__STDOUT;
         f.body_case = CWSANDBOXD__V1__DAEMON_FRAME__BODY_EXEC_OUTPUT;
         f.exec_output = &out;
-        for (size_t off = 0; off < data->len; off += n) {
-                n = MIN(chunk, data->len - off);
-                out.data = (ProtobufCBinaryData) { .len = n, .data = data->data + off };
-                r = call_send(e->call, &f);
-                if (r == -EPIPE)
-                        return;         /* the connection is gone; cancel follows */
-                if (r < 0) {
-                        exec_failf(e, GRPC_STATUS_RESOURCE_EXHAUSTED, "output cannot be sent: %s", strerror(-r));
-                        return;
-                }
-        }
-        e->credit -= (int64_t)data->len;
+        (void)op_send_data(&e->op, &f, &out.data, data);
 }
 
 static void exec_on_exit(Exec *e, int32_t code) {
@@ -452,100 +331,83 @@ static void exec_on_exit(Exec *e, int32_t code) {
         Cwsandboxd__V1__ExecExit ex = CWSANDBOXD__V1__EXEC_EXIT__INIT;
         DaemonFrame f = CWSANDBOXD__V1__DAEMON_FRAME__INIT;
 
+        e->exit_code = code;
         if (e->req->buffered) {
                 result.stdout = (ProtobufCBinaryData) { .len = e->out.len, .data = e->out.data };
                 result.stderr = (ProtobufCBinaryData) { .len = e->err.len, .data = e->err.data };
                 result.exit_code = code;
                 f.body_case = CWSANDBOXD__V1__DAEMON_FRAME__BODY_EXEC_RESULT;
                 f.exec_result = &result;
-                exec_finish(e, &f, code);
+                op_finish(&e->op, &f);
                 return;
         }
         ex.exit_code = code;
         f.body_case = CWSANDBOXD__V1__DAEMON_FRAME__BODY_EXEC_EXIT;
         f.exec_exit = &ex;
-        (void)call_send(e->call, &f);
-        exec_finish(e, NULL, code);
+        (void)call_send(e->op.call, &f);
+        op_finish(&e->op, NULL);
 }
 
 /* An in-band error frame: the SDK's stream codes, kept as the reason. */
 static void exec_on_stream_error(Exec *e, const Coreweave__Sandbox__V1__ExecStreamError *err) {
-        grpc_status_code code = GRPC_STATUS_INTERNAL;
-        Status st;
+        static const OpErrorCode map[] = {
+                { "STREAM_BACKPRESSURE", GRPC_STATUS_RESOURCE_EXHAUSTED },
+                { "STREAM_TRUNCATED",    GRPC_STATUS_DATA_LOSS },
+        };
 
-        if (streq(err->code, "STREAM_BACKPRESSURE"))
-                code = GRPC_STATUS_RESOURCE_EXHAUSTED;
-        else if (streq(err->code, "STREAM_TRUNCATED"))
-                code = GRPC_STATUS_DATA_LOSS;
-        status_set(&st, code, "exec stream error: %s", err->message[0] ? err->message : err->code);
-        (void)snprintf(st.reason, sizeof(st.reason), "%s", err->code);
-        exec_fail(e, &st);
+        op_fail_stream_error(&e->op, "exec", err->code, err->message, map, ELEMENTSOF(map));
 }
 
-static void exec_on_message(void *userdata, ProtobufCMessage *msg) {
+static void exec_on_message(Op *op, ProtobufCMessage *msg) {
         StreamResponse *r = (StreamResponse *)msg;
-        Exec *e = userdata;
+        Exec *e = container_of(op, Exec, op);
         bool is_stderr;
 
-        e->reading = false;
-        if (e->call) {
-                switch (r->message_case) {
-                case RESP(OUTPUT):
-                        is_stderr = r->output->stream ==
-                                    COREWEAVE__SANDBOX__V1__EXEC_STREAM_OUTPUT__STREAM__STREAM_STDERR;
-                        if (e->req->buffered)
-                                exec_collect(e, is_stderr, &r->output->data);
-                        else if (r->output->data.len > 0)
-                                exec_send_output(e, is_stderr, &r->output->data);
-                        break;
-                case RESP(EXIT):
-                        exec_on_exit(e, r->exit->exit_code);
-                        break;
-                case RESP(ERROR):
-                        exec_on_stream_error(e, r->error);
-                        break;
-                default:
-                        break;          /* ready, or a message we do not know */
-                }
+        switch (r->message_case) {
+        case RESP(OUTPUT):
+                is_stderr = r->output->stream == COREWEAVE__SANDBOX__V1__EXEC_STREAM_OUTPUT__STREAM__STREAM_STDERR;
+                if (e->req->buffered)
+                        exec_collect(e, is_stderr, &r->output->data);
+                else if (r->output->data.len > 0)
+                        exec_send_output(e, is_stderr, &r->output->data);
+                break;
+        case RESP(EXIT):
+                exec_on_exit(e, r->exit->exit_code);
+                break;
+        case RESP(ERROR):
+                exec_on_stream_error(e, r->error);
+                break;
+        default:
+                break;          /* ready, or a message we do not know */
         }
-        protobuf_c_message_free_unpacked(msg, NULL);
-        exec_pump(e);
 }
 
-static void exec_on_end(void *userdata) {
-        Exec *e = userdata;
-
-        e->reading = false;
-}
-
-static void exec_on_done(void *userdata, const Status *st) {
-        Exec *e = userdata;
+static void exec_on_done(Op *op, const Status *st) {
+        Exec *e = container_of(op, Exec, op);
         Status err = *st;
 
-        e->stream = NULL;
-        if (e->call) {
-                if (st->code == GRPC_STATUS_DEADLINE_EXCEEDED && !e->req->tty) {
-                        status_set(&err, GRPC_STATUS_DEADLINE_EXCEEDED, "command timed out after %gs",
-                                   (double)e->timeout_ms / 1000.0);
-                        strcpy(err.reason, "CWSANDBOX_COMMAND_TIMEOUT");
-                } else if (status_ok(st))
-                        status_set(&err, GRPC_STATUS_UNAVAILABLE, "exec stream ended before the exit status");
-                else
-                        status_prefix(&err, "exec");
-                exec_fail(e, &err);
-        }
-        exec_maybe_free(e);
+        if (st->code == GRPC_STATUS_DEADLINE_EXCEEDED && !e->req->tty) {
+                status_set(&err, GRPC_STATUS_DEADLINE_EXCEEDED, "command timed out after %gs",
+                           (double)e->timeout_ms / 1000.0);
+                strcpy(err.reason, "CWSANDBOX_COMMAND_TIMEOUT");
+        } else if (status_ok(st))
+                status_set(&err, GRPC_STATUS_UNAVAILABLE, "exec stream ended before the exit status");
+        else
+                status_prefix(&err, "exec");
+        op_fail(op, &err);
 }
 
-static const BackendStreamOps exec_stream_ops = {
+static const OpKind exec_kind = {
+        .log_end = exec_log_end,
+        .pump = exec_pump,
         .message = exec_on_message,
-        .end = exec_on_end,
         .done = exec_on_done,
+        .release = exec_release,
 };
 
 /* ---- start ---------------------------------------------------------------------------- */
 
-static BackendStream *exec_stream_open(Exec *e, char **command, size_t n_command) {
+static int exec_stream_open(Exec *e, char **command, size_t n_command) {
         const ExecRequest *req = e->req;
         StreamRequest r = COREWEAVE__SANDBOX__V1__EXEC_STREAM_REQUEST__INIT;
         StreamInit init = COREWEAVE__SANDBOX__V1__EXEC_STREAM_INIT__INIT;
@@ -553,14 +415,14 @@ static BackendStream *exec_stream_open(Exec *e, char **command, size_t n_command
         _cleanup_free_ StreamEnv **envp = calloc(req->n_env + 1, sizeof(*envp));
 
         if (!env || !envp)
-                return NULL;
+                return -ENOMEM;
         for (size_t i = 0; i < req->n_env; i++) {
                 env[i] = (StreamEnv) COREWEAVE__SANDBOX__V1__EXEC_STREAM_INIT__ENV_ENTRY__INIT;
                 env[i].key = req->env[i]->key;
                 env[i].value = req->env[i]->value;
                 envp[i] = &env[i];
         }
-        init.sandbox_id = e->handle->sandbox_id;
+        init.sandbox_id = e->op.handle->sandbox_id;
         init.command = command;
         init.n_command = n_command;
         init.tty = req->tty;
@@ -570,77 +432,71 @@ static BackendStream *exec_stream_open(Exec *e, char **command, size_t n_command
         init.n_env = req->n_env;
         r.message_case = REQ(INIT);
         r.init = &init;
-        return backend_stream_open(e->manager->backend, BACKEND_STREAM_EXEC, &r.base,
-                                   req->tty ? -1 : e->timeout_ms + EXEC_DEADLINE_SLACK_MS, &exec_stream_ops, e);
+        op_stream_open(&e->op, BACKEND_STREAM_EXEC, &r.base, req->tty ? -1 : e->timeout_ms + EXEC_DEADLINE_SLACK_MS);
+        return 0;
 }
 
 static void exec_open(Exec *e) {
         _cleanup_free_ char *script = NULL;
         char *wrapped[3] = { (char *)"/bin/sh", (char *)"-c", NULL };
         PendingInput *p;
+        int r;
 
         if (e->req->cwd[0] && !(wrapped[2] = script = exec_cwd_script(e->req))) {
-                exec_failf(e, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+                op_oom(&e->op);
                 return;
         }
-        e->stream = script ? exec_stream_open(e, wrapped, 3) : exec_stream_open(e, e->req->command, e->req->n_command);
-        if (!e->stream) {
-                exec_failf(e, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        r = script ? exec_stream_open(e, wrapped, 3) : exec_stream_open(e, e->req->command, e->req->n_command);
+        if (r < 0) {
+                op_oom(&e->op);
                 return;
         }
         e->opened = true;
         e->stdin_closed = false;        /* a close kept for now is replayed below */
-        while (e->call && !e->stdin_closed && (p = e->pending)) {
+        while (e->op.call && !e->stdin_closed && (p = e->pending)) {
                 e->pending = p->next;
                 exec_forward(e, p->input);
                 protobuf_c_message_free_unpacked(&p->input->base, NULL);
                 free(p);
         }
-        if (e->call && !e->req->stdin)
+        if (e->op.call && !e->req->stdin)
                 exec_close_stdin(e);
-        exec_pump(e);
+        exec_pump(&e->op);
 }
 
 static void exec_on_running(void *userdata, Handle *h, const Status *st) {
-        Exec *e = userdata;
+        Exec *e = container_of(userdata, Exec, op);
 
-        e->waiting = false;
-        e->handle = h;
-        if (e->call && !h)
-                exec_fail(e, st);
-        else if (e->call && h->session && !(e->session_id = strdup(h->session->id)))
-                exec_failf(e, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-        else if (e->call) {
-                e->timeout_ms = e->req->timeout_seconds > 0 ?
-                        (int64_t)MIN(retry_seconds_to_ms(e->req->timeout_seconds), (uint64_t)EXEC_TIMEOUT_MAX_MS) :
-                        handle_request_timeout_ms(h);
-                e->start_ms = manager_now_ms(e->manager);
-                exec_open(e);
-        }
-        exec_maybe_free(e);
+        if (!op_running(&e->op, h, st))
+                return;
+        e->timeout_ms = e->req->timeout_seconds > 0 ?
+                (int64_t)MIN(retry_seconds_to_ms(e->req->timeout_seconds), (uint64_t)EXEC_TIMEOUT_MAX_MS) :
+                handle_request_timeout_ms(h);
+        e->start_ms = manager_now_ms(e->op.manager);
+        exec_open(e);
+        op_maybe_free(&e->op);
 }
 
 void ops_exec(Manager *m, Call *call, const Cwsandboxd__V1__ExecRequest *req) {
         Exec *e;
+        Op *op;
         Status st;
 
         if (exec_validate(req, &st) != GRPC_STATUS_OK) {
                 call_fail(call, &st, req->sandbox_id);
                 return;
         }
-        e = calloc(1, sizeof(*e));
-        if (!e || !(e->req = (ExecRequest *)pb_message_dup(&req->base))) {
-                free(e);
-                status_set(&st, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-                call_fail(call, &st, req->sandbox_id);
+        op = op_new(sizeof(Exec), &exec_kind, m, call, req->sandbox_id);
+        if (!op)
+                return;
+        e = container_of(op, Exec, op);
+        e->start_ms = manager_now_ms(m);
+        if (!(e->req = (ExecRequest *)pb_message_dup(&req->base))) {
+                op_oom(op);
+                op_maybe_free(op);
                 return;
         }
-        e->manager = m;
-        e->call = call;
-        e->credit = req->initial_credit ? req->initial_credit : EXEC_CREDIT_DEFAULT;
+        op->credit = req->initial_credit ? req->initial_credit : EXEC_CREDIT_DEFAULT;
         e->pending_tail = &e->pending;
-        e->waiting = true;
-        e->start_ms = manager_now_ms(m);
-        call_set_ops(call, &exec_call_ops, e);
-        handle_wait_running_by_id(m, conn_peer(call->conn)->uid, req->sandbox_id, -1, exec_on_running, e);
+        op_wait_running(op, &exec_call_ops, exec_on_running);
 }

@@ -30,387 +30,264 @@
 
 #include "handle.h"
 #include "log.h"
-#include "ops.h"
+#include "ops-internal.h"
 
-#define FILE_CHUNK_MAX          (1024u * 1024)
-#define FILE_FRAME_MARGIN       256u            /* frame fields around a chunk */
 #define READ_CREDIT_INITIAL     (INT64_C(4) * 1024 * 1024)
-#define READ_CREDIT_MAX         (INT64_C(1) << 40)
+#define WRITE_BUF_MIN           (64u * 1024)
 
 typedef Coreweave__Sandbox__V1__ReadFileResponse ReadFileResponse;
 
-/* What reads and writes share: the call, the wait, the backend call. */
+/* What reads and writes share: the operation and the path. */
 typedef struct FileOp {
-        Manager *manager;
-        Call *call;                     /* NULL once the client's call has ended */
-        char *sandbox_arg;              /* the id the client gave */
+        Op op;
         char *path;
-        Handle *handle;                 /* the operation's reference, once running */
-        BackendCall *backend;           /* in flight */
-        bool waiting;                   /* the handle wait has not returned */
-        void (*free)(struct FileOp *op);
 } FileOp;
 
 typedef struct ReadOp {
-        FileOp op;
+        FileOp file;
         ReadFileResponse *reply;
         size_t offset;
         bool sent_last;
-        int64_t credit;
 } ReadOp;
 
 typedef struct WriteOp {
-        FileOp op;
+        FileOp file;
         uint64_t size;
-        uint8_t *data;
-        size_t len, cap;
+        OpBuf buf;
         bool complete;                  /* the chunk with last has come */
 } WriteOp;
 
 /* ---- shared ---------------------------------------------------------------------------- */
 
-static int file_op_init(FileOp *op, Manager *m, Call *call, const char *sandbox_id, const char *path,
-                        void (*free_fn)(FileOp *op)) {
-        op->manager = m;
-        op->call = call;
-        op->free = free_fn;
-        op->sandbox_arg = strdup(sandbox_id);
-        op->path = strdup(path);
-        return op->sandbox_arg && op->path ? 0 : -ENOMEM;
-}
-
-static void file_op_deinit(FileOp *op) {
-        if (op->handle)
-                handle_unref(op->handle);
-        free(op->sandbox_arg);
-        free(op->path);
-}
-
-static void file_op_maybe_free(FileOp *op) {
-        if (!op->call && !op->waiting && !op->backend)
-                op->free(op);
-}
-
-static const char *file_op_sandbox_id(const FileOp *op) {
-        return op->handle && op->handle->sandbox_id ? op->handle->sandbox_id : op->sandbox_arg;
-}
-
-static void file_op_finish(FileOp *op, DaemonFrame *frame) {
-        Call *call = TAKE_PTR(op->call);
-
-        if (call)
-                call_finish(call, frame);
-}
-
-static void file_op_fail(FileOp *op, const Status *st) {
-        Call *call = TAKE_PTR(op->call);
-
-        if (!call)
-                return;
-        if (st->code != GRPC_STATUS_CANCELLED)
-                log_full(LOG_LEVEL_INFO, NULL, file_op_sandbox_id(op), "%s", st->message);
-        if (op->backend)
-                backend_call_cancel(op->backend);
-        call_fail(call, st, file_op_sandbox_id(op));
-}
-
-static void file_op_oom(FileOp *op) {
+/* A FileOp of @size bytes for @path; NULL after failing the call. */
+static FileOp *file_op_new(size_t size, const OpKind *kind, Manager *m, Call *call, const char *sandbox_id,
+                           const char *path) {
+        FileOp *f;
+        Op *op;
         Status st;
 
-        status_set(&st, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-        file_op_fail(op, &st);
+        if (!path[0]) {
+                status_set(&st, GRPC_STATUS_INVALID_ARGUMENT, "path: required");
+                call_fail(call, &st, sandbox_id);
+                return NULL;
+        }
+        op = op_new(size, kind, m, call, sandbox_id);
+        if (!op)
+                return NULL;
+        f = container_of(op, FileOp, op);
+        if (!(f->path = strdup(path))) {
+                op_oom(op);
+                op_maybe_free(op);
+                return NULL;
+        }
+        return f;
 }
 
-static void file_op_on_cancel(Call *call) {
-        FileOp *op = call->userdata;
-        Status st;
-
-        status_set(&st, GRPC_STATUS_CANCELLED, "%s",
-                   call->conn_gone ? "the client's connection closed" : "cancelled by the client");
-        file_op_fail(op, &st);
-        file_op_maybe_free(op);
+/* A finished call is not logged; a cancel is the client's own doing. */
+static void file_log_end(const Op *op, const Status *st) {
+        if (!status_ok(st) && st->code != GRPC_STATUS_CANCELLED)
+                log_full(LOG_LEVEL_INFO, op->session_id, op_sandbox_id(op), "%s", st->message);
 }
 
-static void file_too_large(FileOp *op, const char *what, uint64_t size) {
+static void file_too_large(FileOp *f, const char *what, uint64_t size) {
         Status st;
 
         status_set(&st, GRPC_STATUS_RESOURCE_EXHAUSTED, "%s %s: %" PRIu64 " bytes is more than the limit of %" PRIu64,
-                   what, op->path, size, op->manager->config->max_file_bytes);
+                   what, f->path, size, f->op.manager->config->max_file_bytes);
         strcpy(st.reason, "CWSANDBOX_FILE_TOO_LARGE");
-        file_op_fail(op, &st);
-}
-
-/* The handle wait has returned: true if the operation goes on with @h. */
-static bool file_op_running(FileOp *op, Handle *h, const Status *st) {
-        op->waiting = false;
-        op->handle = h;
-        if (op->call && !h)
-                file_op_fail(op, st);
-        if (!op->call) {
-                file_op_maybe_free(op);
-                return false;
-        }
-        return true;
+        op_fail(&f->op, &st);
 }
 
 /* ---- read ------------------------------------------------------------------------------ */
 
-static void read_op_free(FileOp *op) {
-        ReadOp *r = container_of(op, ReadOp, op);
+static void read_release(Op *op) {
+        ReadOp *r = container_of(op, ReadOp, file.op);
 
         if (r->reply)
                 protobuf_c_message_free_unpacked(&r->reply->base, NULL);
-        file_op_deinit(op);
-        free(r);
+        free(r->file.path);
 }
 
 /* Send chunks while credit lasts and the connection takes them. */
-static void read_pump(ReadOp *r) {
+static void read_pump(Op *op) {
         Cwsandboxd__V1__FileChunk chunk = CWSANDBOXD__V1__FILE_CHUNK__INIT;
         DaemonFrame f = CWSANDBOXD__V1__DAEMON_FRAME__INIT;
-        size_t max = MIN((size_t)FILE_CHUNK_MAX, (size_t)r->op.manager->config->max_frame_bytes - FILE_FRAME_MARGIN);
+        ReadOp *r = container_of(op, ReadOp, file.op);
+        size_t max = op_chunk_max(op);
         const ProtobufCBinaryData *content;
         size_t n;
-        int k;
 
         if (!r->reply)
                 return;
         content = &r->reply->content;
         f.body_case = CWSANDBOXD__V1__DAEMON_FRAME__BODY_FILE_CHUNK;
         f.file_chunk = &chunk;
-        while (r->op.call && !r->sent_last && r->credit > 0 && conn_writable(r->op.call->conn)) {
+        while (op->call && !r->sent_last && op->credit > 0 && conn_writable(op->call->conn)) {
                 n = MIN(max, content->len - r->offset);
                 chunk.data = (ProtobufCBinaryData) { .len = n, .data = n ? content->data + r->offset : NULL };
                 chunk.last = r->offset + n == content->len;
-                k = call_send(r->op.call, &f);
-                if (k == -EPIPE)
-                        return;         /* the connection is gone; cancel follows */
-                if (k < 0) {
-                        file_op_oom(&r->op);
+                if (op_send(op, &f) < 0)
                         return;
-                }
                 r->offset += n;
-                r->credit -= (int64_t)n;
+                op->credit -= (int64_t)n;
                 r->sent_last = chunk.last;
         }
         if (r->sent_last)
-                file_op_finish(&r->op, NULL);
+                op_finish(op, NULL);
 }
 
-static void read_on_credit(Call *call, uint32_t bytes) {
-        ReadOp *r = call->userdata;
-
-        r->credit = MIN(r->credit + (int64_t)bytes, READ_CREDIT_MAX);
-        read_pump(r);
-        file_op_maybe_free(&r->op);
-}
-
-static void read_on_drain(Call *call) {
-        ReadOp *r = call->userdata;
-
-        read_pump(r);
-        file_op_maybe_free(&r->op);
-}
-
-static const CallOps read_call_ops = {
-        .credit = read_on_credit,
-        .cancel = file_op_on_cancel,
-        .drain = read_on_drain,
+static const OpKind read_kind = {
+        .log_end = file_log_end,
+        .pump = read_pump,
+        .release = read_release,
 };
 
 static void read_on_reply(void *userdata, const Status *st, ProtobufCMessage *reply) {
-        ReadOp *r = userdata;
+        ReadOp *r = container_of(userdata, ReadOp, file.op);
         Status err = *st;
 
-        r->op.backend = NULL;
-        if (!r->op.call) {
+        r->file.op.backend = NULL;
+        if (!r->file.op.call) {
                 if (reply)
                         protobuf_c_message_free_unpacked(reply, NULL);
         } else if (!status_ok(st)) {
-                status_prefix(&err, "read file %s", r->op.path);
-                file_op_fail(&r->op, &err);
+                status_prefix(&err, "read file %s", r->file.path);
+                op_fail(&r->file.op, &err);
         } else {
                 r->reply = (ReadFileResponse *)reply;
-                if (r->reply->content.len > r->op.manager->config->max_file_bytes)
-                        file_too_large(&r->op, "read file", r->reply->content.len);
+                if (r->reply->content.len > r->file.op.manager->config->max_file_bytes)
+                        file_too_large(&r->file, "read file", r->reply->content.len);
                 else
-                        read_pump(r);
+                        read_pump(&r->file.op);
         }
-        file_op_maybe_free(&r->op);
+        op_maybe_free(&r->file.op);
 }
 
 static void read_on_running(void *userdata, Handle *h, const Status *st) {
         Coreweave__Sandbox__V1__ReadFileRequest req = COREWEAVE__SANDBOX__V1__READ_FILE_REQUEST__INIT;
-        ReadOp *r = userdata;
+        FileOp *f = container_of(userdata, FileOp, op);
 
-        if (!file_op_running(&r->op, h, st))
+        if (!op_running(&f->op, h, st))
                 return;
         req.sandbox_id = h->sandbox_id;
-        req.path = r->op.path;
-        log_full(LOG_LEVEL_DEBUG, NULL, h->sandbox_id, "read file %s", r->op.path);
-        r->op.backend = backend_call(r->op.manager->backend, BACKEND_READ_FILE, &req.base,
-                                     handle_request_timeout_ms(h), read_on_reply, r);
+        req.path = f->path;
+        log_full(LOG_LEVEL_DEBUG, NULL, h->sandbox_id, "read file %s", f->path);
+        f->op.backend = backend_call(f->op.manager->backend, BACKEND_READ_FILE, &req.base,
+                                     handle_request_timeout_ms(h), read_on_reply, &f->op);
 }
 
 void ops_read_file(Manager *m, Call *call, const Cwsandboxd__V1__ReadFileRequest *req) {
-        ReadOp *r;
-        Status st;
+        FileOp *f = file_op_new(sizeof(ReadOp), &read_kind, m, call, req->sandbox_id, req->path);
 
-        if (!req->path[0]) {
-                status_set(&st, GRPC_STATUS_INVALID_ARGUMENT, "path: required");
-                call_fail(call, &st, req->sandbox_id);
+        if (!f)
                 return;
-        }
-        r = calloc(1, sizeof(*r));
-        if (!r || file_op_init(&r->op, m, call, req->sandbox_id, req->path, read_op_free) < 0) {
-                if (r)
-                        read_op_free(&r->op);
-                status_set(&st, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-                call_fail(call, &st, req->sandbox_id);
-                return;
-        }
-        r->credit = READ_CREDIT_INITIAL;
-        r->op.waiting = true;
-        call_set_ops(call, &read_call_ops, r);
-        handle_wait_running_by_id(m, conn_peer(call->conn)->uid, req->sandbox_id, -1, read_on_running, r);
+        f->op.credit = READ_CREDIT_INITIAL;
+        op_wait_running(&f->op, &op_output_call_ops, read_on_running);
 }
 
 /* ---- write ----------------------------------------------------------------------------- */
 
-static void write_op_free(FileOp *op) {
-        WriteOp *w = container_of(op, WriteOp, op);
+static void write_release(Op *op) {
+        WriteOp *w = container_of(op, WriteOp, file.op);
 
-        free(w->data);
-        file_op_deinit(op);
-        free(w);
+        free(w->buf.data);
+        free(w->file.path);
 }
 
 static void write_on_reply(void *userdata, const Status *st, ProtobufCMessage *reply) {
         Cwsandboxd__V1__WriteFileReply out = CWSANDBOXD__V1__WRITE_FILE_REPLY__INIT;
         DaemonFrame f = CWSANDBOXD__V1__DAEMON_FRAME__INIT;
-        WriteOp *w = userdata;
+        WriteOp *w = container_of(userdata, WriteOp, file.op);
         Status err = *st;
 
-        w->op.backend = NULL;
+        w->file.op.backend = NULL;
         if (reply)
                 protobuf_c_message_free_unpacked(reply, NULL);
         if (!status_ok(st)) {
-                status_prefix(&err, "write file %s", w->op.path);
-                file_op_fail(&w->op, &err);
+                status_prefix(&err, "write file %s", w->file.path);
+                op_fail(&w->file.op, &err);
         } else {
                 out.bytes_written = w->size;
                 f.body_case = CWSANDBOXD__V1__DAEMON_FRAME__BODY_WRITE_FILE;
                 f.write_file = &out;
-                file_op_finish(&w->op, &f);
+                op_finish(&w->file.op, &f);
         }
-        file_op_maybe_free(&w->op);
+        op_maybe_free(&w->file.op);
 }
 
 /* Both the content and the sandbox are ready: write. */
 static void write_send(WriteOp *w) {
         Coreweave__Sandbox__V1__WriteFileRequest req = COREWEAVE__SANDBOX__V1__WRITE_FILE_REQUEST__INIT;
-        Handle *h = w->op.handle;
+        Handle *h = w->file.op.handle;
 
         req.sandbox_id = h->sandbox_id;
-        req.path = w->op.path;
-        req.content = (ProtobufCBinaryData) { .len = w->len, .data = w->data };
-        log_full(LOG_LEVEL_DEBUG, NULL, h->sandbox_id, "write file %s: %zu bytes", w->op.path, w->len);
-        w->op.backend = backend_call(w->op.manager->backend, BACKEND_WRITE_FILE, &req.base,
-                                     handle_request_timeout_ms(h), write_on_reply, w);
+        req.path = w->file.path;
+        req.content = (ProtobufCBinaryData) { .len = w->buf.len, .data = w->buf.data };
+        log_full(LOG_LEVEL_DEBUG, NULL, h->sandbox_id, "write file %s: %zu bytes", w->file.path, w->buf.len);
+        w->file.op.backend = backend_call(w->file.op.manager->backend, BACKEND_WRITE_FILE, &req.base,
+                                          handle_request_timeout_ms(h), write_on_reply, &w->file.op);
         /* Packed at once: the copy here is no longer needed. */
-        free(TAKE_PTR(w->data));
-        w->cap = 0;
-}
-
-static int write_append(WriteOp *w, const ProtobufCBinaryData *data) {
-        size_t cap;
-        uint8_t *p;
-
-        if (data->len == 0)
-                return 0;
-        if (data->len <= w->cap - w->len) {
-                memcpy(w->data + w->len, data->data, data->len);
-                w->len += data->len;
-                return 0;
-        }
-        /* Grow as data comes, not by the announced size: a client that
-         * announces much and sends little holds little. */
-        cap = MIN((size_t)w->size, MAX(w->cap * 2, MAX(w->len + data->len, (size_t)64 * 1024)));
-        p = realloc(w->data, cap);
-        if (!p)
-                return -ENOMEM;
-        w->data = p;
-        w->cap = cap;
-        memcpy(w->data + w->len, data->data, data->len);
-        w->len += data->len;
-        return 0;
+        free(TAKE_PTR(w->buf.data));
+        w->buf.cap = 0;
 }
 
 static void write_on_input(Call *call, const ClientFrame *f) {
-        WriteOp *w = call->userdata;
+        WriteOp *w = container_of(call->userdata, WriteOp, file.op);
         const Cwsandboxd__V1__FileChunk *chunk = f->file_chunk;
-        Status st;
+        Op *op = &w->file.op;
 
-        if (f->body_case != CWSANDBOXD__V1__CLIENT_FRAME__BODY_FILE_CHUNK || w->complete) {
-                status_set(&st, GRPC_STATUS_INVALID_ARGUMENT, "write file %s: %s", w->op.path,
-                           w->complete ? "a chunk after the last one" : "exec input is not a file chunk");
-                file_op_fail(&w->op, &st);
-        } else if (chunk->data.len > w->size - w->len) {
-                status_set(&st, GRPC_STATUS_INVALID_ARGUMENT,
-                           "write file %s: more than the announced %" PRIu64 " bytes", w->op.path, w->size);
-                file_op_fail(&w->op, &st);
-        } else if (chunk->last && w->len + chunk->data.len != w->size) {
-                status_set(&st, GRPC_STATUS_INVALID_ARGUMENT, "write file %s: %zu bytes, %" PRIu64 " announced",
-                           w->op.path, w->len + chunk->data.len, w->size);
-                file_op_fail(&w->op, &st);
-        } else if (write_append(w, &chunk->data) < 0)
-                file_op_oom(&w->op);
+        /* The buffer grows as data comes, not by the announced size: a
+         * client that announces much and sends little holds little. */
+        if (f->body_case != CWSANDBOXD__V1__CLIENT_FRAME__BODY_FILE_CHUNK || w->complete)
+                op_failf(op, GRPC_STATUS_INVALID_ARGUMENT, "write file %s: %s", w->file.path,
+                         w->complete ? "a chunk after the last one" : "exec input is not a file chunk");
+        else if (chunk->data.len > w->size - w->buf.len)
+                op_failf(op, GRPC_STATUS_INVALID_ARGUMENT, "write file %s: more than the announced %" PRIu64 " bytes",
+                         w->file.path, w->size);
+        else if (chunk->last && w->buf.len + chunk->data.len != w->size)
+                op_failf(op, GRPC_STATUS_INVALID_ARGUMENT, "write file %s: %zu bytes, %" PRIu64 " announced",
+                         w->file.path, w->buf.len + chunk->data.len, w->size);
+        else if (op_buf_append(&w->buf, chunk->data.data, chunk->data.len, WRITE_BUF_MIN, w->size) < 0)
+                op_oom(op);
         else if (chunk->last) {
                 w->complete = true;
-                if (w->op.handle)
+                if (op->handle)
                         write_send(w);
         }
-        file_op_maybe_free(&w->op);
+        op_maybe_free(op);
 }
+
+static const OpKind write_kind = {
+        .log_end = file_log_end,
+        .release = write_release,
+};
 
 static const CallOps write_call_ops = {
         .input = write_on_input,
-        .cancel = file_op_on_cancel,
+        .cancel = op_on_cancel,
 };
 
 static void write_on_running(void *userdata, Handle *h, const Status *st) {
-        WriteOp *w = userdata;
+        WriteOp *w = container_of(userdata, WriteOp, file.op);
 
-        if (!file_op_running(&w->op, h, st))
+        if (!op_running(&w->file.op, h, st))
                 return;
         if (w->complete)
                 write_send(w);
 }
 
 void ops_write_file(Manager *m, Call *call, const Cwsandboxd__V1__WriteFileRequest *req) {
+        FileOp *f = file_op_new(sizeof(WriteOp), &write_kind, m, call, req->sandbox_id, req->path);
         WriteOp *w;
-        Status st;
 
-        if (!req->path[0]) {
-                status_set(&st, GRPC_STATUS_INVALID_ARGUMENT, "path: required");
-                call_fail(call, &st, req->sandbox_id);
+        if (!f)
                 return;
-        }
-        w = calloc(1, sizeof(*w));
-        if (!w || file_op_init(&w->op, m, call, req->sandbox_id, req->path, write_op_free) < 0) {
-                if (w)
-                        write_op_free(&w->op);
-                status_set(&st, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-                call_fail(call, &st, req->sandbox_id);
-                return;
-        }
+        w = container_of(f, WriteOp, file);
         w->size = req->size;
         if (req->size > m->config->max_file_bytes) {
-                file_too_large(&w->op, "write file", req->size);
-                write_op_free(&w->op);
+                file_too_large(f, "write file", req->size);
+                op_maybe_free(&f->op);
                 return;
         }
-        w->op.waiting = true;
-        call_set_ops(call, &write_call_ops, w);
-        handle_wait_running_by_id(m, conn_peer(call->conn)->uid, req->sandbox_id, -1, write_on_running, w);
+        op_wait_running(&f->op, &write_call_ops, write_on_running);
 }

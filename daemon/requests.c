@@ -333,6 +333,14 @@ static void resolved_adopt(void *userdata, Handle *h, const Status *st) {
                 }
                 session_add_handle(s, h);
                 log_full(LOG_LEVEL_INFO, s->id, h->sandbox_id, "adopted as handle %s", h->id);
+        } else if (p->adopt && !streq(h->session->id, p->session_id)) {
+                /* One session stops a sandbox; two would race over it. */
+                status_set(&err, GRPC_STATUS_FAILED_PRECONDITION, "sandbox %s already belongs to session %s",
+                           h->sandbox_id ? h->sandbox_id : h->id, h->session->id);
+                call_fail(p->call, &err, h->sandbox_id);
+                handle_unref(h);
+                pending_free(p);
+                return;
         }
         reply_handle(p->call, h);
         handle_unref(h);

@@ -16,6 +16,7 @@ packages=(
         libsystemd-dev
         procps               # ps, used by tests
         iproute2             # ip, used by the runner test (network namespace)
+        python3              # JSON checks of the cwsandboxctl test
 )
 
 missing=()

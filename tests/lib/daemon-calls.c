@@ -39,24 +39,61 @@ static int take_error(const DaemonFrame *r, DcError *err) {
         return r->error->code;
 }
 
-int dc_connect(const char *path, FrameClient **ret) {
+int dc_hello(FrameClient *c, DaemonFrame **ret, DcError *err) {
         DaemonFrame *reply = NULL;
+        int r;
+
+        r = frame_client_hello(c, 1, "test", DC_TIMEOUT_MS, &reply);
+        if (r != 0)
+                return set_error(err, -EIO, r == FRAME_CLIENT_E_EOF ? "connection closed" : "no hello reply");
+        r = take_error(reply, err);
+        if (r == 0 && !reply->hello)
+                r = set_error(err, -EIO, "no HelloReply in the answer");
+        if (ret)
+                *ret = reply;
+        else
+                frame_client_frame_free(reply);
+        return r;
+}
+
+int dc_connect(const char *path, FrameClient **ret) {
         FrameClient *c;
         int r;
 
         r = frame_client_connect(path, &c);
         if (r < 0)
                 return r;
-        r = frame_client_hello(c, 1, "test", DC_TIMEOUT_MS, &reply);
-        if (r == 0 && reply->error)
-                r = reply->error->code;
-        frame_client_frame_free(reply);
+        r = dc_hello(c, NULL, NULL);
         if (r != 0) {
                 frame_client_free(c);
                 return r;
         }
         *ret = c;
         return 0;
+}
+
+int dc_send(FrameClient *c, ClientFrame *f, DcError *err) {
+        f->call_id = dc_next_id();
+        if (frame_client_send(c, f) != 0)
+                return set_error(err, -EIO, "send failed");
+        return 0;
+}
+
+int dc_recv_final(FrameClient *c, int timeout_ms, DaemonFrame **ret, DcError *err) {
+        DaemonFrame *reply = NULL;
+        int r;
+
+        for (;;) {
+                r = frame_client_recv(c, timeout_ms, &reply);
+                if (r != 0)
+                        return set_error(err, -EIO, r == FRAME_CLIENT_E_EOF ? "connection closed" :
+                                                    r == -ETIMEDOUT ? "no reply in time" : "receive failed");
+                if (reply->final || (reply->call_id == 0 && reply->error))
+                        break;
+                frame_client_frame_free(reply);
+        }
+        *ret = reply;
+        return take_error(reply, err);
 }
 
 int dc_call(FrameClient *c, ClientFrame *f, DaemonFrame **ret, DcError *err) {
@@ -190,6 +227,24 @@ int dc_session_visible(FrameClient *c, const char *name, bool *ret, DcError *err
         return r;
 }
 
+int dc_list_sessions(FrameClient *c, DaemonFrame **ret, DcError *err) {
+        ClientFrame f = CWSANDBOXD__V1__CLIENT_FRAME__INIT;
+        Cwsandboxd__V1__ListSessionsRequest req = CWSANDBOXD__V1__LIST_SESSIONS_REQUEST__INIT;
+        DaemonFrame *reply = NULL;
+        int r;
+
+        f.body_case = CWSANDBOXD__V1__CLIENT_FRAME__BODY_LIST_SESSIONS;
+        f.list_sessions = &req;
+        r = dc_call(c, &f, &reply, err);
+        if (r == 0 && !reply->sessions)
+                r = set_error(err, -EIO, "no ListSessionsReply in the answer");
+        if (r == 0)
+                *ret = reply;
+        else
+                frame_client_frame_free(reply);
+        return r;
+}
+
 int dc_create(FrameClient *c, const char *session_id, Cwsandboxd__V1__SandboxArgs *args,
               Cwsandboxd__V1__Scope scope, bool start, DcInfo *ret, DcError *err) {
         ClientFrame f = CWSANDBOXD__V1__CLIENT_FRAME__INIT;
@@ -201,6 +256,16 @@ int dc_create(FrameClient *c, const char *session_id, Cwsandboxd__V1__SandboxArg
         req.start = start;
         f.body_case = CWSANDBOXD__V1__CLIENT_FRAME__BODY_CREATE_SANDBOX;
         f.create_sandbox = &req;
+        return info_call(c, &f, ret, err);
+}
+
+int dc_start(FrameClient *c, const char *id, DcInfo *ret, DcError *err) {
+        ClientFrame f = CWSANDBOXD__V1__CLIENT_FRAME__INIT;
+        Cwsandboxd__V1__StartSandboxRequest req = CWSANDBOXD__V1__START_SANDBOX_REQUEST__INIT;
+
+        req.sandbox_id = (char *)id;
+        f.body_case = CWSANDBOXD__V1__CLIENT_FRAME__BODY_START_SANDBOX;
+        f.start_sandbox = &req;
         return info_call(c, &f, ret, err);
 }
 
@@ -251,8 +316,8 @@ int dc_delete(FrameClient *c, const char *id, bool missing_ok, DcError *err) {
         return dc_call(c, &f, NULL, err);
 }
 
-int dc_list_count(FrameClient *c, const char *session_id, const char *tag, bool include_stopped, bool adopt,
-                  unsigned *ret, DcError *err) {
+int dc_list(FrameClient *c, const char *session_id, const char *tag, bool include_stopped, bool adopt,
+            DaemonFrame **ret, DcError *err) {
         ClientFrame f = CWSANDBOXD__V1__CLIENT_FRAME__INIT;
         Cwsandboxd__V1__ListSandboxesRequest req = CWSANDBOXD__V1__LIST_SANDBOXES_REQUEST__INIT;
         char *tags[] = { (char *)tag };
@@ -267,8 +332,33 @@ int dc_list_count(FrameClient *c, const char *session_id, const char *tag, bool 
         f.body_case = CWSANDBOXD__V1__CLIENT_FRAME__BODY_LIST_SANDBOXES;
         f.list_sandboxes = &req;
         r = dc_call(c, &f, &reply, err);
+        if (r == 0 && !reply->sandboxes)
+                r = set_error(err, -EIO, "no ListSandboxesReply in the answer");
         if (r == 0)
-                *ret = reply->sandboxes ? (unsigned)reply->sandboxes->n_sandboxes : 0;
+                *ret = reply;
+        else
+                frame_client_frame_free(reply);
+        return r;
+}
+
+bool dc_list_has(const DaemonFrame *list, const char *id) {
+        for (size_t i = 0; list && list->sandboxes && i < list->sandboxes->n_sandboxes; i++) {
+                const Cwsandboxd__V1__SandboxInfo *sb = list->sandboxes->sandboxes[i];
+
+                if (streq(sb->sandbox_id, id) || streq(sb->handle_id, id))
+                        return true;
+        }
+        return false;
+}
+
+int dc_list_count(FrameClient *c, const char *session_id, const char *tag, bool include_stopped, bool adopt,
+                  unsigned *ret, DcError *err) {
+        DaemonFrame *reply = NULL;
+        int r;
+
+        r = dc_list(c, session_id, tag, include_stopped, adopt, &reply, err);
+        if (r == 0)
+                *ret = (unsigned)reply->sandboxes->n_sandboxes;
         frame_client_frame_free(reply);
         return r;
 }
@@ -347,6 +437,36 @@ int dc_metric(FrameClient *c, const char *session_id, const char *name, double *
         }
         frame_client_frame_free(reply);
         return r;
+}
+
+int dc_status(FrameClient *c, DaemonFrame **ret, DcError *err) {
+        ClientFrame f = CWSANDBOXD__V1__CLIENT_FRAME__INIT;
+        Cwsandboxd__V1__StatusRequest req = CWSANDBOXD__V1__STATUS_REQUEST__INIT;
+        DaemonFrame *reply = NULL;
+        int r;
+
+        f.body_case = CWSANDBOXD__V1__CLIENT_FRAME__BODY_STATUS;
+        f.status = &req;
+        r = dc_call(c, &f, &reply, err);
+        if (r == 0 && !reply->status)
+                r = set_error(err, -EIO, "no StatusReply in the answer");
+        if (r == 0 && ret)
+                *ret = reply;
+        else
+                frame_client_frame_free(reply);
+        return r;
+}
+
+Cwsandboxd__V1__SandboxArgs *dc_shell_args(DcShellArgs *storage, const char *script) {
+        *storage = (DcShellArgs) { .argv = { (char *)"-c", (char *)script } };
+        cwsandboxd__v1__sandbox_args__init(&storage->args);
+        if (script) {
+                storage->args.command = (char *)"/bin/sh";
+                storage->args.args = storage->argv;
+                storage->args.n_args = 2;
+                storage->args.has_args = true;
+        }
+        return &storage->args;
 }
 
 const char *dc_state_name(int state) {
