@@ -5,6 +5,7 @@
  */
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/uio.h>
 #include <syslog.h>
 #include <systemd/sd-journal.h>
@@ -99,12 +100,20 @@ void log_full(LogLevel level, const char *session, const char *sandbox, const ch
                 return;
         }
 
-        flockfile(stderr);
-        fprintf(stderr, "%s: %s:", log_ident, level_names[level]);
-        if (session)
-                fprintf(stderr, " session=%s", session);
-        if (sandbox)
-                fprintf(stderr, " sandbox=%s", sandbox);
-        fprintf(stderr, " %s\n", text);
-        funlockfile(stderr);
+        /*
+         * One write per line: a daemon and the child it runs share stderr, and
+         * separate writes would interleave their lines.
+         */
+        char line[2400];
+        int n = snprintf(line, sizeof(line), "%s: %s:%s%s%s%s %s\n", log_ident, level_names[level],
+                         session ? " session=" : "", session ? session : "",
+                         sandbox ? " sandbox=" : "", sandbox ? sandbox : "", text);
+
+        if (n < 0)
+                return;
+        if ((size_t)n >= sizeof(line)) {
+                n = sizeof(line) - 1;
+                line[n - 1] = '\n';
+        }
+        (void)!write(STDERR_FILENO, line, (size_t)n);
 }

@@ -30,6 +30,7 @@ typedef struct Pending {
         Call *call;
         uid_t uid;
         char *session_id;
+        char *error_id;                 /* the sandbox a failure names, if any */
         HandleWaitFor what;
         int64_t timeout_ms;
         double grace_s;
@@ -50,6 +51,7 @@ static Pending *pending_new(Manager *m, Call *call) {
 }
 
 static void pending_free(Pending *p) {
+        free(p->error_id);
         free(p->session_id);
         free(p);
 }
@@ -196,7 +198,7 @@ static void reply_when_done(void *userdata, Handle *h, const Status *st) {
         Pending *p = userdata;
 
         if (!h)
-                call_fail(p->call, st, NULL);
+                call_fail(p->call, st, p->error_id);
         else {
                 reply_handle(p->call, h);
                 handle_unref(h);
@@ -205,6 +207,7 @@ static void reply_when_done(void *userdata, Handle *h, const Status *st) {
 }
 
 static void req_create(Manager *m, Call *call, const Cwsandboxd__V1__CreateSandboxRequest *req) {
+        Pending *p;
         Session *s;
         Handle *h;
         Status st;
@@ -225,9 +228,16 @@ static void req_create(Manager *m, Call *call, const Cwsandboxd__V1__CreateSandb
                 reply_handle(call, h);
                 return;
         }
-        /* As the SDK's run(): answer once the create call has returned, not at RUNNING. */
-        (void)handle_wait(h, HANDLE_WAIT_CREATED, handle_request_timeout_ms(h), reply_when_done,
-                          pending_new(m, call));
+        /*
+         * As the SDK's run(): answer once the create call has returned, not at
+         * RUNNING. A failure names the handle, which stays in the session and
+         * can be started again with the same request_id.
+         */
+        p = pending_new(m, call);
+        p->error_id = strdup(h->id);
+        if (!p->error_id)
+                abort();
+        (void)handle_wait(h, HANDLE_WAIT_CREATED, handle_request_timeout_ms(h), reply_when_done, p);
 }
 
 static void resolved_then_wait(void *userdata, Handle *h, const Status *st) {

@@ -4,12 +4,14 @@
  *
  * - Another uid: an unprivileged process is refused everything of root's
  *   (its session by name and by id, its sandbox by handle id and by backend
- *   id, listings), while its own session works; root sees and acts on the
- *   other user's session.
+ *   id, a sandbox with no owner tag, listings, adoption, status counts),
+ *   while its own session works; root sees and acts on the other user's
+ *   session.
  * - Bad peers: a frame that does not decode, a header announcing more than
  *   --max-frame-bytes, and a request before Hello each cost only that
  *   connection (an error frame, then the close); a client connected before,
- *   with a call in flight, and one connected after carry on.
+ *   with a call in flight, and one connected after carry on. A frame of
+ *   exactly the limit, and one sent a byte at a time, are served.
  * - The backend down: injected UNAVAILABLE faults come back as UNAVAILABLE,
  *   retryable, and calls work again once the faults are gone; the embedded
  *   backend killed with SIGKILL gives UNAVAILABLE at once and is restarted.
@@ -33,6 +35,7 @@
 
 #include "daemon-calls.h"
 #include "daemon-proc.h"
+#include "frame.h"
 #include "test-util.h"
 
 #define NOBODY          65534
@@ -551,6 +554,64 @@ static void test_bad_peers(const DcInfo *sb) {
         frame_client_free(before);
 }
 
+/* The next final frame on @c is an answer to call @id without an error. */
+static bool answered(FrameClient *c, uint64_t id) {
+        DaemonFrame *f = NULL;
+        DcError err = { 0 };
+        bool good;
+
+        good = dc_recv_final(c, RECV_MS, &f, &err) == 0 && f->call_id == id && f->status;
+        if (!good)
+                diag("  error %d: %s", err.code, err.message);
+        frame_client_frame_free(f);
+        return good;
+}
+
+/*
+ * Frames that are unusual but valid: one of exactly --max-frame-bytes (a
+ * status request padded with an unknown field, which protobuf skips), and
+ * one that arrives a byte at a time.
+ */
+static void test_awkward_frames(void) {
+        /* Call id 5, status {}, then the key of field 1000 (bytes), whose value fills the rest. */
+        static const uint8_t start[] = { 0x08, 5, 0x92, 0x03, 0x00, 0xc2, 0x3e };
+        ClientFrame f = CWSANDBOXD__V1__CLIENT_FRAME__INIT;
+        Cwsandboxd__V1__StatusRequest status = CWSANDBOXD__V1__STATUS_REQUEST__INIT;
+        FrameClient *c = connect_or_bail();
+        _cleanup_free_ uint8_t *buf = malloc(FRAME_HEADER_SIZE + MAX_FRAME);
+        size_t n, pad;
+
+        if (!buf || frame_encode_header(buf, MAX_FRAME) < 0)
+                bail_out("frame header");
+        n = FRAME_HEADER_SIZE;
+        memcpy(buf + n, start, sizeof(start));
+        n += sizeof(start);
+        /* Its length takes three bytes of varint. */
+        pad = FRAME_HEADER_SIZE + MAX_FRAME - n - 3;
+        buf[n++] = 0x80 | (pad & 0x7f);
+        buf[n++] = 0x80 | ((pad >> 7) & 0x7f);
+        buf[n++] = (pad >> 14) & 0x7f;
+        memset(buf + n, 'x', pad);
+        n += pad;
+        send_raw_or_bail(c, buf, n);
+        ok(answered(c, 5), "a frame of exactly --max-frame-bytes is accepted and answered");
+
+        f.body_case = CWSANDBOXD__V1__CLIENT_FRAME__BODY_STATUS;
+        f.status = &status;
+        f.call_id = 6;
+        n = cwsandboxd__v1__client_frame__get_packed_size(&f);
+        if (frame_encode_header(buf, n) < 0)
+                bail_out("header");
+        (void)cwsandboxd__v1__client_frame__pack(&f, buf + FRAME_HEADER_SIZE);
+        /* The pauses let the daemon see the pieces in separate reads; a limit of nothing. */
+        for (size_t i = 0; i < FRAME_HEADER_SIZE + n; i++) {
+                send_raw_or_bail(c, buf + i, 1);
+                test_sleep_ms(2);
+        }
+        ok(answered(c, 6), "a frame sent a byte at a time is understood");
+        frame_client_free(c);
+}
+
 /* ---- the backend down ---------------------------------------------------------------------- */
 
 static uint64_t injected(BcClient *b, const char *method) {
@@ -924,6 +985,7 @@ int main(void) {
 
         test_other_uid(c, session, &root_sb);
         test_bad_peers(&root_sb);
+        test_awkward_frames();
         test_killed_client(c, &backend);
 
         if (dc_attach(c, "down", NULL, -1, &down, NULL, NULL) != 0)
