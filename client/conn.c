@@ -125,8 +125,12 @@ static void conn_unlink_call(cws_conn *c, Call *call) {
         call->registered = false;
 }
 
-/* Under lock: hand @f to its call, or drop it. */
-static void conn_route(cws_conn *c, DaemonFrame *f) {
+/*
+ * Under lock: hand @f to its call, or drop it. Returns -ENOMEM when a frame
+ * for a live call cannot be queued: losing it (perhaps a final frame) would
+ * leave its caller waiting forever, so the connection ends instead.
+ */
+static int conn_route(cws_conn *c, DaemonFrame *f) {
         CallFrame *cf;
         Call *call;
 
@@ -139,13 +143,17 @@ static void conn_route(cws_conn *c, DaemonFrame *f) {
                                           f->error->code : CWS_UNKNOWN;
                 }
                 daemon_frame_free(f);
-                return;
+                return 0;
         }
         call = conn_find_call(c, f->call_id);
-        cf = call ? malloc(sizeof(*cf)) : NULL;
+        if (!call) {
+                daemon_frame_free(f);
+                return 0;
+        }
+        cf = malloc(sizeof(*cf));
         if (!cf) {
                 daemon_frame_free(f);
-                return;
+                return -ENOMEM;
         }
         cf->next = NULL;
         cf->frame = f;
@@ -156,6 +164,7 @@ static void conn_route(cws_conn *c, DaemonFrame *f) {
                 conn_unlink_call(c, call);
         }
         pthread_cond_signal(&call->cond);
+        return 0;
 }
 
 /* Under lock: the connection is gone; wake every call. */
@@ -186,8 +195,10 @@ static int conn_read_frames(cws_conn *c, FrameDecoder *d, const char **ret_why) 
                         return -EBADMSG;
                 }
                 pthread_mutex_lock(&c->lock);
-                conn_route(c, f);
+                r = conn_route(c, f);
                 pthread_mutex_unlock(&c->lock);
+                if (r < 0)
+                        return r;       /* the reader reports it as out of memory */
         }
         if (r != 0) {
                 *ret_why = "the daemon sent a frame larger than the client accepts";

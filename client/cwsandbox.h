@@ -509,9 +509,26 @@ CWS_EXPORT int cws_write_file(cws_conn *c, const char *id, const char *path, con
 CWS_EXPORT int cws_read_file_to_fd(cws_conn *c, const char *id, const char *path, int fd, uint64_t *ret_len,
                                    cws_error *err);
 
+/*
+ * cws_read_cb - takes a read's content piece by piece, in order (@len > 0).
+ * Returns 0 to go on; any other value stops the read.
+ */
+typedef int (*cws_read_cb)(const void *data, size_t len, void *userdata);
+
 /**
- * cws_write_file_from_fd() - the file's content is what @fd holds up to its
- * end (read into memory first unless @fd is a regular file).
+ * cws_read_file_cb() - hand the content of @path to @cb as it arrives, never
+ * holding the whole file. The daemon is granted more data only as @cb
+ * returns, so a slow callback slows the transfer rather than filling memory.
+ * A callback that returns non-zero ends the read with CWS_CANCELLED.
+ * @ret_len: the bytes handed to @cb; may be NULL.
+ */
+CWS_EXPORT int cws_read_file_cb(cws_conn *c, const char *id, const char *path, cws_read_cb cb, void *userdata,
+                                uint64_t *ret_len, cws_error *err);
+
+/**
+ * cws_write_file_from_fd() - the file's content is what @fd holds from its
+ * current offset to its end. It is read into memory first, since the request
+ * announces the size before any data; the daemon's max_file_bytes bounds it.
  */
 CWS_EXPORT int cws_write_file_from_fd(cws_conn *c, const char *id, const char *path, int fd, cws_error *err);
 
