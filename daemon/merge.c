@@ -609,20 +609,37 @@ static int kv_merge(const KV *a, size_t na, const KV *b, size_t nb, KV **ret, si
                 _r;                                                             \
         })
 
-static int container_set_env(Coreweave__Sandbox__V1__Container *c, const KV *kv, size_t n) {
+/*
+ * Every protobuf-c map entry of string to string has this layout: the
+ * generated ...EnvironmentVariablesEntry and ...AnnotationsEntry alike.
+ */
+typedef struct MapEntry {
+        ProtobufCMessage base;
+        char *key;
+        char *value;
+} MapEntry;
+
+/*
+ * Fill a map field (@ret_entries, @ret_n) with @n entries of type @desc.
+ * Entries made before a failure stay in the field, so the caller's free of
+ * the whole request frees them.
+ */
+static int map_set(const ProtobufCMessageDescriptor *desc, const KV *kv, size_t n,
+                   void ***ret_entries, size_t *ret_n) {
+        MapEntry **v;
+
         if (n == 0)
                 return 0;
-        c->environment_variables = calloc(n, sizeof(*c->environment_variables));
-        if (!c->environment_variables)
+        v = calloc(n, sizeof(*v));
+        if (!v)
                 return -ENOMEM;
-
+        *ret_entries = (void **)v;
         for (size_t i = 0; i < n; i++) {
-                Coreweave__Sandbox__V1__Container__EnvironmentVariablesEntry *e;
+                MapEntry *e = msg_new(desc);
 
-                e = msg_new(&coreweave__sandbox__v1__container__environment_variables_entry__descriptor);
                 if (!e)
                         return -ENOMEM;
-                c->environment_variables[c->n_environment_variables++] = e;
+                v[(*ret_n)++] = e;
                 e->key = strdup(kv[i].key);
                 e->value = strdup(kv[i].value ? kv[i].value : "");
                 if (!e->key || !e->value)
@@ -631,27 +648,15 @@ static int container_set_env(Coreweave__Sandbox__V1__Container *c, const KV *kv,
         return 0;
 }
 
+static int container_set_env(Coreweave__Sandbox__V1__Container *c, const KV *kv, size_t n) {
+        return map_set(&coreweave__sandbox__v1__container__environment_variables_entry__descriptor, kv, n,
+                       (void ***)&c->environment_variables, &c->n_environment_variables);
+}
+
 static int spec_set_annotations(Coreweave__Sandbox__V1__SandboxSpec *spec, const KV *kv, size_t n) {
-        /* Empty annotations are not sent (the SDK's test_sandbox.py). */
-        if (n == 0)
-                return 0;
-        spec->annotations = calloc(n, sizeof(*spec->annotations));
-        if (!spec->annotations)
-                return -ENOMEM;
-
-        for (size_t i = 0; i < n; i++) {
-                Coreweave__Sandbox__V1__SandboxSpec__AnnotationsEntry *e;
-
-                e = msg_new(&coreweave__sandbox__v1__sandbox_spec__annotations_entry__descriptor);
-                if (!e)
-                        return -ENOMEM;
-                spec->annotations[spec->n_annotations++] = e;
-                e->key = strdup(kv[i].key);
-                e->value = strdup(kv[i].value ? kv[i].value : "");
-                if (!e->key || !e->value)
-                        return -ENOMEM;
-        }
-        return 0;
+        /* Empty annotations are not sent (the SDK's test_sandbox.py): map_set() sends nothing for none. */
+        return map_set(&coreweave__sandbox__v1__sandbox_spec__annotations_entry__descriptor, kv, n,
+                       (void ***)&spec->annotations, &spec->n_annotations);
 }
 
 static int container_set_env_merged(Coreweave__Sandbox__V1__Container *c,
