@@ -202,8 +202,8 @@ expect "init: --env is exactly the environment (default PATH added)" "$out" \
 out=$(run --env PATH=/bin --env A=1 -- env)
 expect "init: a given PATH replaces the default" "$out" "$(printf 'PATH=/bin\nA=1')"
 
-out=$(run --cwd /work/deep/dir -- pwd)
-expect "init: --cwd is created and entered" "$out" "/work/deep/dir"
+out=$(run --cwd /srv/deep/dir -- pwd)
+expect "init: --cwd is created and entered" "$out" "/srv/deep/dir"
 
 printf 'hello\nworld\n' > "$T/src-file"
 chmod 600 "$T/src-file"
