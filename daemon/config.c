@@ -104,11 +104,16 @@ static const ConfigKey config_keys[] = {
                 "reap_interval_seconds", CONFIG_TYPE_UINT, offsetof(Config, reap_interval_seconds),
                 1, 24 * 3600,
                 "60",
-                "How often idle sessions are reaped",
+                "How often the backend is reconciled with the ledger: orphans stopped, lifetimes enforced",
+        }, {
+                "drain_timeout_seconds", CONFIG_TYPE_UINT, offsetof(Config, drain_timeout_seconds),
+                0, 3600,
+                "10",
+                "On SIGTERM, how long calls in flight may finish before they are ended",
         }, {
                 "stop_on_shutdown", CONFIG_TYPE_BOOL, offsetof(Config, stop_on_shutdown), 0, 0,
                 "false",
-                "Stop all sandboxes when the daemon exits",
+                "Stop every sandbox when the daemon exits (default: they keep running for the next start)",
         }, {
                 "local_backend_path", CONFIG_TYPE_OPTIONAL_PATH, offsetof(Config, local_backend_path), 0, 0,
                 "",

@@ -38,6 +38,7 @@ typedef struct Config {
         uint64_t max_connections_per_uid;
         int64_t default_linger_seconds; /* -1 = never */
         uint64_t reap_interval_seconds;
+        uint64_t drain_timeout_seconds;
         bool stop_on_shutdown;
         char *local_backend_path;       /* "" = the built-in default */
         uint64_t max_file_bytes;

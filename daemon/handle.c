@@ -18,6 +18,7 @@
 #include "handle.h"
 #include "log.h"
 #include "merge.h"
+#include "persist.h"
 #include "session.h"
 
 #define STATE(x) CWSANDBOXD__V1__SANDBOX_STATE__SANDBOX_STATE_##x
@@ -66,6 +67,7 @@ static Handle *handle_alloc(Manager *m, Session *session) {
         h->id = manager_new_id(m, "h-");
         h->state = STATE(UNSTARTED);
         h->owner = session ? session->owner : (uid_t)-1;
+        h->created_ms = manager_wall_ms();
         if (!h->id) {
                 free(h);
                 return NULL;
@@ -126,12 +128,10 @@ uid_t handle_owner_from_tags(char *const *tags, size_t n_tags) {
         return (uid_t)-1;
 }
 
-grpc_status_code handle_new_unstarted(Session *s, Conn *conn, const Cwsandboxd__V1__SandboxArgs *args,
-                                      Cwsandboxd__V1__Scope scope, Status *st, Handle **ret) {
+/* The frozen create request of @h: the session's defaults, @args, the daemon's tags. */
+static grpc_status_code build_request(Handle *h, Session *s, const Cwsandboxd__V1__SandboxArgs *args, Status *st) {
+        _cleanup_free_ char *request_id = NULL, *uid_tag = NULL, *handle_tag = NULL, *error = NULL;
         Manager *m = s->manager;
-        _cleanup_free_ char *request_id = NULL, *uid_tag = NULL, *error = NULL;
-        Coreweave__Sandbox__V1__CreateSandboxRequest *req = NULL;
-        Handle *h;
         int r;
 
         r = merge_args_validate(args, &error);
@@ -139,42 +139,57 @@ grpc_status_code handle_new_unstarted(Session *s, Conn *conn, const Cwsandboxd__
                 request_id = manager_new_id(m, "");
                 if (asprintf(&uid_tag, MANAGER_UID_TAG_PREFIX "%u", (unsigned)s->owner) < 0)
                         uid_tag = NULL;
-                if (!request_id || !uid_tag)
+                if (asprintf(&handle_tag, MANAGER_HANDLE_TAG_PREFIX "%s", h->id) < 0)
+                        handle_tag = NULL;
+                if (!request_id || !uid_tag || !handle_tag)
                         return status_set(st, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
 
-                const char *daemon_tags[] = { MANAGER_TAG, m->host_tag, s->tag, uid_tag };
+                const char *daemon_tags[] = { MANAGER_TAG, m->host_tag, s->tag, uid_tag, handle_tag };
 
                 r = merge_build_create_request(s->defaults, args, daemon_tags, ELEMENTSOF(daemon_tags),
-                                               request_id, &req, &error);
+                                               request_id, &h->create_request, &error);
         }
         if (r == MERGE_E_INVALID)
                 return status_set(st, GRPC_STATUS_INVALID_ARGUMENT, "%s", error ? error : "invalid sandbox arguments");
         if (r != 0)
                 return status_set(st, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return GRPC_STATUS_OK;
+}
 
-        h = handle_alloc(m, s);
-        if (!h) {
-                merge_create_request_free(req);
+static void link_conn(Handle *h, Conn *conn) {
+        ConnState *cs = conn_state(conn);
+
+        h->conn = conn;
+        h->conn_next = cs->handles;
+        if (cs->handles)
+                cs->handles->conn_prev = h;
+        cs->handles = h;
+}
+
+grpc_status_code handle_new_unstarted(Session *s, Conn *conn, const Cwsandboxd__V1__SandboxArgs *args,
+                                      Cwsandboxd__V1__Scope scope, Status *st, Handle **ret) {
+        Coreweave__Sandbox__V1__SandboxSpec *spec;
+        Handle *h;
+
+        h = handle_alloc(s->manager, s);
+        if (!h)
                 return status_set(st, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        if (build_request(h, s, args, st) != GRPC_STATUS_OK) {
+                handle_free(h);
+                return st->code;
         }
-        h->create_request = req;
+        spec = h->create_request->sandbox->spec;
         h->scope = scope;
-        h->image = strdup(req->sandbox->spec->containers[0]->image);
-        if (!h->image || copy_tags(h, req->sandbox->spec->tags, req->sandbox->spec->n_tags) < 0) {
+        h->image = strdup(spec->containers[0]->image);
+        if (!h->image || copy_tags(h, spec->tags, spec->n_tags) < 0) {
                 handle_free(h);
                 return status_set(st, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         }
         session_add_handle(s, h);
-        if (scope == CWSANDBOXD__V1__SCOPE__SCOPE_CONNECTION && conn) {
-                ConnState *cs = conn_state(conn);
-
-                h->conn = conn;
-                h->conn_next = cs->handles;
-                if (cs->handles)
-                        cs->handles->conn_prev = h;
-                cs->handles = h;
-        }
+        if (scope == CWSANDBOXD__V1__SCOPE__SCOPE_CONNECTION && conn)
+                link_conn(h, conn);
         h->refs--;      /* the session's reference is the only one */
+        persist_handle(h);
         *ret = h;
         return GRPC_STATUS_OK;
 }
@@ -206,8 +221,86 @@ Handle *handle_new_from_backend(Manager *m, Session *session, const Coreweave__S
         if (session) {
                 session_add_handle(session, h);
                 h->refs--;
+                persist_handle(h);
         }
         return h;
+}
+
+Handle *handle_restore(Session *session, const Cwsandboxd__V1__LedgerHandle *rec) {
+        Handle *h = handle_alloc(session->manager, session);
+
+        if (!h)
+                return NULL;
+        free(h->id);
+        h->id = strdup(rec->id);
+        h->scope = rec->scope;
+        h->created_ms = rec->created_ms;
+        h->image = strdup(rec->image);
+        if (!h->id || !h->image || copy_tags(h, rec->tags, rec->n_tags) < 0)
+                goto fail;
+        if (*rec->sandbox_id) {
+                h->sandbox_id = strdup(rec->sandbox_id);
+                if (!h->sandbox_id)
+                        goto fail;
+                /* As after a create: PENDING until the backend says more. */
+                h->state = STATE(PENDING);
+                h->unverified = true;
+                h->startup_recorded = true;
+        } else {
+                h->create_request = coreweave__sandbox__v1__create_sandbox_request__unpack(
+                        NULL, rec->create_request.len, rec->create_request.data);
+                if (!h->create_request || !h->create_request->sandbox || !h->create_request->sandbox->spec) {
+                        log_full(LOG_LEVEL_WARNING, session->id, NULL,
+                                 "ledger: handle %s has no usable create request; dropped", rec->id);
+                        goto fail;
+                }
+        }
+        session_add_handle(session, h);
+        h->refs--;
+        return h;
+fail:
+        handle_free(h);
+        return NULL;
+}
+
+void handle_take_sandbox(Handle *h, const Coreweave__Sandbox__V1__Sandbox *sb) {
+        Manager *m = h->manager;
+        const char *sid = h->session ? h->session->id : NULL;
+
+        h->sandbox_id = strdup(sb->sandbox_id);
+        if (!h->sandbox_id)
+                abort();
+        if (h->session && hashmap_put(&m->handles_by_sandbox, h->sandbox_id, h) < 0)
+                log_full(LOG_LEVEL_WARNING, sid, h->sandbox_id, "sandbox id already tracked");
+        h->create_request = merge_create_request_free(h->create_request);
+        h->state = STATE(PENDING);
+        h->startup_recorded = true;     /* its create time is not ours to measure */
+        log_full(LOG_LEVEL_INFO, sid, h->sandbox_id, "found the sandbox of handle %s's interrupted create", h->id);
+        persist_handle(h);
+        handle_apply(h, sb, false);
+}
+
+int handle_record(const Handle *h, Cwsandboxd__V1__LedgerHandle *out) {
+        cwsandboxd__v1__ledger_handle__init(out);
+        out->id = h->id;
+        out->session_id = h->session ? h->session->id : (char *)"";
+        out->scope = h->scope;
+        out->sandbox_id = h->sandbox_id ? h->sandbox_id : (char *)"";
+        out->image = h->image ? h->image : (char *)"";
+        out->tags = h->tags;
+        out->n_tags = h->n_tags;
+        out->created_ms = h->created_ms;
+        if (h->create_request) {
+                size_t n = protobuf_c_message_get_packed_size(&h->create_request->base);
+
+                out->request_id = h->create_request->request_id;
+                out->create_request.data = malloc(n ? n : 1);
+                if (!out->create_request.data)
+                        return -ENOMEM;
+                out->create_request.len = protobuf_c_message_pack(&h->create_request->base,
+                                                                  out->create_request.data);
+        }
+        return 0;
 }
 
 void handle_untrack(Handle *h) {
@@ -227,6 +320,7 @@ void handle_untrack(Handle *h) {
         }
         if (!h->session)
                 return;
+        persist_handle_gone(h);
         if (hashmap_get(&m->handles_by_id, h->id) == h)
                 (void)hashmap_remove(&m->handles_by_id, h->id);
         if (h->sandbox_id && hashmap_get(&m->handles_by_sandbox, h->sandbox_id) == h)
@@ -561,6 +655,7 @@ static void handle_created(void *userdata, const Status *st, ProtobufCMessage *r
                         h->create_time_ms = timestamp_ms(sb->status->create_time);
                 h->create_request = merge_create_request_free(h->create_request);
                 log_full(LOG_LEVEL_INFO, sid, h->sandbox_id, "created sandbox (handle %s)", h->id);
+                persist_handle(h);
                 handle_check_waiters(h);
         }
         if (reply)
@@ -568,13 +663,33 @@ static void handle_created(void *userdata, const Status *st, ProtobufCMessage *r
         handle_unref(h);
 }
 
-static void handle_start(Handle *h) {
-        if (h->sandbox_id || h->create_call || h->cancelled || !h->create_request)
+static void send_create(Handle *h) {
+        if (h->sandbox_id || h->create_call || h->cancelled || !h->create_request || h->manager->stopping)
                 return;
         h->create_sent_ms = manager_now_ms(h->manager);
         h->create_call = backend_call(h->manager->backend, BACKEND_CREATE_SANDBOX,
                                       &h->create_request->base, handle_request_timeout_ms(h),
                                       handle_created, handle_ref(h));
+}
+
+static void start_durable(void *userdata, int error) {
+        Handle *h = userdata;
+
+        /* A ledger that cannot write is reported by the ledger; the create goes on. */
+        if (error < 0)
+                log_full(LOG_LEVEL_DEBUG, h->session ? h->session->id : NULL, NULL,
+                         "creating %s without a durable record: %s", h->id, strerror(-error));
+        h->start_pending = false;
+        send_create(h);
+        handle_unref(h);
+}
+
+/* The create goes out once the handle's record is on disk, so a crash cannot leave an unknown sandbox. */
+static void handle_start(Handle *h) {
+        if (h->sandbox_id || h->create_call || h->start_pending || h->cancelled || !h->create_request)
+                return;
+        h->start_pending = true;
+        persist_sync(h->manager, h->ledger_seq, start_durable, handle_ref(h));
 }
 
 /* ---- resolve ------------------------------------------------------------------------- */

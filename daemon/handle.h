@@ -21,6 +21,7 @@
 
 #include "coreweave/sandbox/v1/sandbox.pb-c.h"
 #include "cwsandboxd/v1/cwsandboxd.pb-c.h"
+#include "cwsandboxd/v1/ledger.pb-c.h"
 #include "manager.h"
 #include "retry.h"
 
@@ -65,6 +66,12 @@ struct Handle {
         RetryBudget budget;
         bool polling;                   /* a GetSandbox for it is in flight */
         bool seen_in_tick;
+
+        /* ledger */
+        uint64_t ledger_seq;            /* its latest record */
+        bool start_pending;             /* the create waits for that record to be durable */
+        bool unverified;                /* restored with a sandbox id the backend has not confirmed */
+        int64_t created_ms;             /* wall clock, when the handle was made */
 };
 
 /* ---- lifetime -------------------------------------------------------------------- */
@@ -82,6 +89,27 @@ grpc_status_code handle_new_unstarted(Session *session, Conn *conn, const Cwsand
  * backend, in @session (adopt) or transient (@session NULL).
  */
 Handle *handle_new_from_backend(Manager *m, Session *session, const Coreweave__Sandbox__V1__Sandbox *sb);
+
+/**
+ * handle_restore() - a handle of @session from its ledger record, after a
+ * restart: with a sandbox id it is PENDING and unverified until the backend
+ * shows it; without, it is unstarted with its frozen create request (a start
+ * re-sends the same request_id). Returns it (the session holds it) or NULL
+ * when the record is unusable (logged).
+ */
+Handle *handle_restore(Session *session, const Cwsandboxd__V1__LedgerHandle *rec);
+
+/**
+ * handle_take_sandbox() - @sb is the sandbox @h's create made (found by its
+ * handle tag after an interrupted create): take its id and state.
+ */
+void handle_take_sandbox(Handle *h, const Coreweave__Sandbox__V1__Sandbox *sb);
+
+/**
+ * handle_record() - @h as a ledger record; @out's strings point into @h,
+ * and @out->create_request.data is malloc'd (free it). Returns 0 or -ENOMEM.
+ */
+int handle_record(const Handle *h, Cwsandboxd__V1__LedgerHandle *out);
 
 Handle *handle_ref(Handle *h);
 Handle *handle_unref(Handle *h);

@@ -23,6 +23,7 @@
 #include "apikey.h"
 #include "log.h"
 #include "manager.h"
+#include "persist.h"
 #include "session.h"
 
 #ifndef BINDIR
@@ -54,6 +55,15 @@ char *manager_new_id(Manager *m, const char *prefix) {
                      rnd[4], rnd[5], rnd[6], rnd[7]) < 0)
                 return NULL;
         return id;
+}
+
+void manager_state_status(const Manager *m, char *buf, size_t size) {
+        const char *health = m->ledger ? ledger_health(m->ledger) : "not open";
+
+        if (m->ledger_load_result == LEDGER_LOAD_OK || m->ledger_load_result == LEDGER_LOAD_NONE)
+                snprintf(buf, size, "%s", health);
+        else
+                snprintf(buf, size, "%s; at start: %s", health, m->ledger_report);
 }
 
 /* "cwsandboxd-host-" + the host name, lowercased, with anything odd as '-'. */
@@ -112,6 +122,19 @@ static int start_backend(Manager *m, const char *target, bool tls, const char *k
         return r;
 }
 
+static void reconciled(void *userdata) {
+        Manager *m = userdata;
+
+        if (!m->stopping)
+                m->ready(m->ready_userdata);
+}
+
+/* Serving: restored sessions start lingering, the first pass runs, then we are ready. */
+static void start_serving(Manager *m) {
+        session_linger_idle(m);
+        reaper_start(&m->reaper, reconciled, m);
+}
+
 static void local_ready(void *userdata) {
         Manager *m = userdata;
         int r;
@@ -126,7 +149,7 @@ static void local_ready(void *userdata) {
                 manager_stop(m, NULL, NULL);
                 return;
         }
-        m->ready(m->ready_userdata);
+        start_serving(m);
 }
 
 static int start_local(Manager *m) {
@@ -166,7 +189,11 @@ int manager_new(uv_loop_t *loop, const Config *config, int listen_fd,
                 return log_error("cannot start the completion queue: %s", strerror(-r)), r;
         }
         tracker_init(&m->tracker, m);
+        reaper_init(&m->reaper, m);
         *ret = m;       /* from here on, manager_stop() cleans up */
+        r = persist_load(m);
+        if (r < 0)
+                return log_error("cannot load the state ledger: %s", strerror(-r)), r;
 
         m->ready = ready;
         m->ready_userdata = userdata;
@@ -189,7 +216,7 @@ int manager_new(uv_loop_t *loop, const Config *config, int listen_fd,
         r = start_server(m, listen_fd);
         if (r < 0)
                 return r;
-        ready(userdata);
+        start_serving(m);
         return 0;
 }
 
@@ -213,9 +240,10 @@ static void cq_closed(CqLoop *cq) {
 }
 
 /*
- * Each stage starts when the previous has reported: connections and calls,
- * then the tracker and sessions, then the backend's calls, then the child and
- * the completion queue.
+ * Each stage starts when the previous has reported: calls drain and
+ * connections close; with stop_on_shutdown every session closes; the
+ * ledger takes the state and the tracker, reaper and sessions go; then the
+ * backend's calls, the child and the completion queue.
  */
 static void stop_step(Manager *m) {
         if (m->stop_pending > 0)
@@ -228,23 +256,35 @@ static void stop_step(Manager *m) {
                 }
                 break;
         case 1:
-                m->stop_pending++;
-                tracker_close(&m->tracker, tracker_closed);
-                session_free_all(m);
+                if (m->config->stop_on_shutdown && m->backend) {
+                        log_info("stop_on_shutdown: stopping every sandbox");
+                        m->stop_pending++;
+                        session_close_all(m, step_done, m);
+                }
                 break;
         case 2:
+                m->stop_pending += 2;
+                tracker_close(&m->tracker, tracker_closed);
+                reaper_close(&m->reaper, step_done, m);
+                if (m->ledger) {
+                        m->stop_pending++;
+                        ledger_close(m->ledger, step_done, m);
+                }
+                session_free_all(m);
+                break;
+        case 3:
                 if (m->backend) {
                         m->stop_pending++;
                         backend_shutdown(m->backend, step_done, m);
                 }
                 break;
-        case 3:
+        case 4:
                 if (m->local) {
                         m->stop_pending++;
                         local_child_stop(m->local, step_done, m);
                 }
                 break;
-        case 4:
+        case 5:
                 m->stop_pending++;
                 cq_loop_shutdown(&m->cq, cq_closed);
                 break;
@@ -276,6 +316,7 @@ Manager *manager_free(Manager *m) {
         server_free(m->server);
         backend_free(m->backend);
         local_child_free(m->local);
+        ledger_free(m->ledger);
         hashmap_deinit(&m->sessions_by_id);
         hashmap_deinit(&m->sessions_by_name);
         hashmap_deinit(&m->handles_by_id);

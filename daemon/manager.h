@@ -17,7 +17,9 @@
 #include "config.h"
 #include "cqloop.h"
 #include "hashmap.h"
+#include "ledger.h"
 #include "localchild.h"
+#include "reaper.h"
 #include "server.h"
 #include "tracker.h"
 
@@ -26,6 +28,7 @@
 #define MANAGER_HOST_TAG_PREFIX         "cwsandboxd-host-"
 #define MANAGER_SESSION_TAG_PREFIX      "cwsandboxd-session-"
 #define MANAGER_UID_TAG_PREFIX          "cwsandboxd-uid-"
+#define MANAGER_HANDLE_TAG_PREFIX       "cwsandboxd-handle-"
 
 typedef struct Session Session;
 typedef struct Handle Handle;
@@ -38,6 +41,10 @@ typedef struct Manager {
         LocalChild *local;
         Server *server;
         Tracker tracker;
+        Reaper reaper;
+        Ledger *ledger;
+        LedgerLoadResult ledger_load_result;
+        char ledger_report[256];        /* what the load at start found */
 
         Hashmap sessions_by_id;         /* every session, closing ones too */
         Hashmap sessions_by_name;       /* open sessions only */
@@ -63,21 +70,30 @@ typedef struct Manager {
 } Manager;
 
 /**
- * manager_new() - create the Manager: the completion queue, the backend (and
- * the embedded backend child when no URL is configured), then the socket.
- * @ready runs once the socket is listening and the backend can be called.
+ * manager_new() - create the Manager: the completion queue, the state ledger
+ * (sessions and handles restored from it), the backend (and the embedded
+ * backend child when no URL is configured), then the socket, then the first
+ * reconciliation with the backend. @ready runs when that has ended.
  * Returns 0 or a negative errno (logged).
  */
 int manager_new(uv_loop_t *loop, const Config *config, int listen_fd,
                 void (*ready)(void *userdata), void *userdata, Manager **ret);
 
 /**
- * manager_stop() - stop accepting, close connections, stop the embedded
- * backend and the completion queue; @done runs when the loop has nothing of
- * ours left. Then manager_free().
+ * manager_stop() - stop accepting, let calls in flight finish (bounded by
+ * drain_timeout_seconds), close connections, stop every sandbox if
+ * stop_on_shutdown (else leave them running), write the ledger, stop the
+ * embedded backend and the completion queue; @done runs when the loop has
+ * nothing of ours left. Then manager_free().
  */
 void manager_stop(Manager *m, void (*done)(void *userdata), void *userdata);
 Manager *manager_free(Manager *m);
+
+/*
+ * manager_state_status() - the ledger's health for status: "ok", or why it
+ * cannot write, and what the load at start found when it was not clean.
+ */
+void manager_state_status(const Manager *m, char *buf, size_t size);
 
 /* Milliseconds of the loop's monotonic clock. */
 uint64_t manager_now_ms(const Manager *m);

@@ -667,6 +667,7 @@ static void req_delete(Manager *m, Call *call, const Cwsandboxd__V1__DeleteSandb
 static void req_status(Manager *m, Call *call) {
         DaemonFrame f = CWSANDBOXD__V1__DAEMON_FRAME__INIT;
         Cwsandboxd__V1__StatusReply reply = CWSANDBOXD__V1__STATUS_REPLY__INIT;
+        char state_status[600];
         Cwsandboxd__V1__StatusReply__SandboxesByStateEntry entries[16], *ptrs[16];
         HashmapIter it = HASHMAP_ITER_INIT;
         Handle *h;
@@ -692,22 +693,24 @@ static void req_status(Manager *m, Call *call) {
         reply.backend_kind = (char *)(m->local ? "local" : "remote");
         reply.backend_url = m->local ? (char *)"" : m->config->backend_url;
         reply.uptime_ms = (int64_t)(manager_now_ms(m) - m->start_ms);
+        manager_state_status(m, state_status, sizeof(state_status));
         reply.sessions = (uint32_t)hashmap_size(&m->sessions_by_name);
         reply.connections = server_connections(m->server);
-        reply.state_file_status = (char *)"none";
+        reply.state_file_status = state_status;
         f.body_case = CWSANDBOXD__V1__DAEMON_FRAME__BODY_STATUS;
         f.status = &reply;
         call_finish(call, &f);
 }
 
 /*
- * What the daemon counts today: connections, sessions, handles and backend
- * calls. The SDK's per-session set comes with the metrics work.
+ * What the daemon counts today: connections, sessions, handles, backend
+ * calls, reconciliation and the ledger. The SDK's per-session set comes with
+ * the metrics work.
  */
 static void req_metrics(Manager *m, Call *call, const Cwsandboxd__V1__MetricsRequest *req) {
         DaemonFrame f = CWSANDBOXD__V1__DAEMON_FRAME__INIT;
         Cwsandboxd__V1__MetricsReply reply = CWSANDBOXD__V1__METRICS_REPLY__INIT;
-        Cwsandboxd__V1__MetricsReply__ValuesEntry e[6 + 2 * _BACKEND_METHOD_MAX], *ptrs[ELEMENTSOF(e)];
+        Cwsandboxd__V1__MetricsReply__ValuesEntry e[20 + 2 * _BACKEND_METHOD_MAX], *ptrs[ELEMENTSOF(e)];
         char names[2 * _BACKEND_METHOD_MAX][64];
         Session *s = NULL;
         size_t n = 0;
@@ -732,6 +735,23 @@ static void req_metrics(Manager *m, Call *call, const Cwsandboxd__V1__MetricsReq
                 VALUE("cwsandboxd/handles", hashmap_size(&m->handles_by_id));
                 VALUE("cwsandboxd/tracker_ticks", m->tracker.ticks);
                 VALUE("cwsandboxd/tracker_watched", m->tracker.n_watched);
+                VALUE("cwsandboxd/reconcile_passes", m->reaper.stats.passes);
+                VALUE("cwsandboxd/reconcile_failures", m->reaper.stats.pass_failures);
+                VALUE("cwsandboxd/orphans_reaped", m->reaper.stats.reaped);
+                VALUE("cwsandboxd/creates_resolved", m->reaper.stats.resolved);
+                VALUE("cwsandboxd/lifetime_stops", m->reaper.stats.lifetime_stops);
+                VALUE("cwsandboxd/stop_failures", m->reaper.stats.stop_failures);
+                VALUE("cwsandboxd/stop_retries", m->reaper.stats.stop_retries);
+                VALUE("cwsandboxd/stops_pending", reaper_pending_stops(&m->reaper));
+                if (m->ledger) {
+                        const LedgerStats *ls = ledger_stats(m->ledger);
+
+                        VALUE("cwsandboxd/ledger_records", ls->records);
+                        VALUE("cwsandboxd/ledger_syncs", ls->syncs);
+                        VALUE("cwsandboxd/ledger_compactions", ls->compactions);
+                        VALUE("cwsandboxd/ledger_write_errors", ls->write_errors);
+                        VALUE("cwsandboxd/ledger_bytes", ls->file_bytes);
+                }
                 for (int i = 0; i < _BACKEND_METHOD_MAX; i++) {
                         const BackendMethodStats *bs = backend_stats(m->backend, (BackendMethod)i);
 

@@ -14,6 +14,7 @@
 #include "handle.h"
 #include "log.h"
 #include "merge.h"
+#include "persist.h"
 #include "session.h"
 
 #define SESSION_NAME_MAX        128
@@ -131,9 +132,33 @@ static grpc_status_code check_name(const char *name, Status *st) {
         return GRPC_STATUS_OK;
 }
 
+/* Allocate @s's fields from what is known; the caller has validated them. */
+static Session *session_alloc(Manager *m, const char *id, const char *name, uid_t owner, int32_t linger_s,
+                              int32_t max_lifetime_s, Cwsandboxd__V1__SandboxDefaults *defaults) {
+        Session *s = calloc(1, sizeof(*s));
+
+        if (!s)
+                abort();
+        s->manager = m;
+        s->owner = owner;
+        s->id = id ? strdup(id) : manager_new_id(m, "s-");
+        s->name = strdup(name);
+        s->linger_s = linger_s;
+        s->max_lifetime_s = max_lifetime_s;
+        s->defaults = defaults;
+        s->created_ms = manager_wall_ms();
+        if (!s->id || !s->name || asprintf(&s->tag, MANAGER_SESSION_TAG_PREFIX "%s", s->id) < 0)
+                abort();
+        uv_timer_init(m->loop, &s->linger_timer);
+        if (hashmap_put(&m->sessions_by_id, s->id, s) < 0 || hashmap_put(&m->sessions_by_name, s->name, s) < 0)
+                abort();
+        return s;
+}
+
 static grpc_status_code session_new(Manager *m, const Cwsandboxd__V1__AttachSessionRequest *req, uid_t owner,
                                     Status *st, Session **ret) {
         _cleanup_free_ char *error = NULL;
+        Cwsandboxd__V1__SandboxDefaults *defaults;
         Session *s;
         int r;
 
@@ -141,31 +166,49 @@ static grpc_status_code session_new(Manager *m, const Cwsandboxd__V1__AttachSess
                 return status_set(st, GRPC_STATUS_INVALID_ARGUMENT, "linger_seconds: must be -1 (never), 0 or more");
         if (req->max_lifetime_seconds < 0)
                 return status_set(st, GRPC_STATUS_INVALID_ARGUMENT, "max_lifetime_seconds: must be 0 (none) or more");
-        s = calloc(1, sizeof(*s));
-        if (!s)
+        r = merge_defaults_new(req->defaults, &defaults, &error);
+        if (r == MERGE_E_INVALID)
+                return status_set(st, GRPC_STATUS_INVALID_ARGUMENT, "defaults: %s", error ? error : "invalid");
+        if (r != 0)
                 return status_set(st, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-        r = merge_defaults_new(req->defaults, &s->defaults, &error);
-        if (r != 0) {
-                free(s);
-                if (r == MERGE_E_INVALID)
-                        return status_set(st, GRPC_STATUS_INVALID_ARGUMENT, "defaults: %s", error ? error : "invalid");
-                return status_set(st, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-        }
-        s->manager = m;
-        s->owner = owner;
-        s->id = manager_new_id(m, "s-");
-        s->name = strdup(req->name);
-        s->linger_s = req->has_linger ? req->linger_seconds : (int32_t)m->config->default_linger_seconds;
-        s->max_lifetime_s = req->max_lifetime_seconds;
-        if (!s->id || !s->name || asprintf(&s->tag, MANAGER_SESSION_TAG_PREFIX "%s", s->id) < 0)
-                abort();
-        uv_timer_init(m->loop, &s->linger_timer);
-        if (hashmap_put(&m->sessions_by_id, s->id, s) < 0 || hashmap_put(&m->sessions_by_name, s->name, s) < 0)
-                abort();
+        s = session_alloc(m, NULL, req->name, owner,
+                          req->has_linger ? req->linger_seconds : (int32_t)m->config->default_linger_seconds,
+                          req->max_lifetime_seconds, defaults);
         log_full(LOG_LEVEL_INFO, s->id, NULL, "session '%s' created by uid %u (linger %d s)",
                  s->name, (unsigned)owner, (int)s->linger_s);
+        persist_session(s);
         *ret = s;
         return GRPC_STATUS_OK;
+}
+
+Session *session_restore(Manager *m, const Cwsandboxd__V1__LedgerSession *rec) {
+        _cleanup_free_ char *error = NULL;
+        Cwsandboxd__V1__SandboxDefaults *defaults;
+        Session *s;
+
+        if (!*rec->id || check_name(rec->name, &(Status) { 0 }) != GRPC_STATUS_OK ||
+            hashmap_get(&m->sessions_by_id, rec->id) || hashmap_get(&m->sessions_by_name, rec->name) ||
+            merge_defaults_new(rec->defaults, &defaults, &error) != 0) {
+                log_full(LOG_LEVEL_WARNING, rec->id, NULL, "ledger: session '%s' cannot be restored; its sandboxes "
+                         "will be reaped", rec->name);
+                return NULL;
+        }
+        s = session_alloc(m, rec->id, rec->name, (uid_t)rec->owner_uid, rec->linger_seconds,
+                          rec->max_lifetime_seconds, defaults);
+        s->created_ms = rec->created_ms;
+        log_full(LOG_LEVEL_INFO, s->id, NULL, "session '%s' of uid %u restored", s->name, (unsigned)s->owner);
+        return s;
+}
+
+void session_record(const Session *s, Cwsandboxd__V1__LedgerSession *out) {
+        cwsandboxd__v1__ledger_session__init(out);
+        out->id = s->id;
+        out->name = s->name;
+        out->owner_uid = (uint32_t)s->owner;
+        out->defaults = s->defaults;
+        out->linger_seconds = s->linger_s;
+        out->max_lifetime_seconds = s->max_lifetime_s;
+        out->created_ms = s->created_ms;
 }
 
 grpc_status_code session_attach(Manager *m, Conn *conn, const Cwsandboxd__V1__AttachSessionRequest *req,
@@ -264,8 +307,10 @@ static void close_stopped(void *userdata, Handle *h, const Status *st) {
                 c->failures[n] = *st;
                 c->failed_ids[n] = strdup(cs->handle->sandbox_id ? cs->handle->sandbox_id : cs->handle->id);
                 c->n_failures++;
-                log_full(LOG_LEVEL_WARNING, s->id, cs->handle->sandbox_id, "stop at session close failed: %s",
-                         st->message);
+                log_full(s->manager->stopping ? LOG_LEVEL_INFO : LOG_LEVEL_WARNING, s->id, cs->handle->sandbox_id,
+                         "stop at session close failed: %s", st->message);
+                if (cs->handle->sandbox_id)
+                        reaper_stop_sandbox(&s->manager->reaper, cs->handle->sandbox_id, s->id);
         }
         handle_unref(h);
         handle_unref(cs->handle);
@@ -289,6 +334,7 @@ void session_close(Session *s, SessionClosedFn done, void *userdata) {
                 return;
         }
         s->closing = true;
+        persist_session_gone(s);
         s->closer = calloc(1, sizeof(*s->closer));
         if (!s->closer)
                 abort();
@@ -381,9 +427,11 @@ void session_remove_handle(Session *s, Handle *h) {
 static void conn_scope_stopped(void *userdata, Handle *h, const Status *st) {
         Handle *self = userdata;
 
-        if (!status_ok(st))
+        if (!status_ok(st) && self->sandbox_id) {
                 log_full(LOG_LEVEL_WARNING, NULL, self->sandbox_id,
                          "stop of a connection-scoped sandbox failed: %s", st->message);
+                reaper_stop_sandbox(&self->manager->reaper, self->sandbox_id, NULL);
+        }
         handle_unref(h);
         handle_unref(self);
 }
@@ -416,6 +464,58 @@ void session_conn_gone(Manager *m, Conn *conn) {
         free(cs->sessions);
         free(cs);
         conn_set_data(conn, NULL);
+}
+
+void session_linger_idle(Manager *m) {
+        HashmapIter it = HASHMAP_ITER_INIT;
+        Session *s;
+
+        /* Closing one removes it from the map: collect first. */
+        _cleanup_free_ Session **v = calloc(hashmap_size(&m->sessions_by_id) + 1, sizeof(Session *));
+        size_t n = 0;
+
+        if (!v)
+                abort();
+        while ((s = hashmap_next(&m->sessions_by_id, &it)))
+                if (!s->closing && s->connections == 0 && !s->linger_armed)
+                        v[n++] = s;
+        for (size_t i = 0; i < n; i++)
+                session_linger(v[i]);
+}
+
+typedef struct CloseAll {
+        unsigned pending;
+        void (*done)(void *userdata);
+        void *userdata;
+} CloseAll;
+
+static void close_all_one(void *userdata, unsigned stopped, const Status *failures, const char *const *failed_ids,
+                          unsigned n_failures) {
+        CloseAll *ca = userdata;
+
+        (void)stopped, (void)failures, (void)failed_ids, (void)n_failures;
+        if (--ca->pending == 0) {
+                ca->done(ca->userdata);
+                free(ca);
+        }
+}
+
+void session_close_all(Manager *m, void (*done)(void *userdata), void *userdata) {
+        HashmapIter it = HASHMAP_ITER_INIT;
+        CloseAll *ca = malloc(sizeof(*ca));
+        _cleanup_free_ Session **v = calloc(hashmap_size(&m->sessions_by_id) + 1, sizeof(Session *));
+        Session *s;
+        size_t n = 0;
+
+        if (!ca || !v)
+                abort();
+        *ca = (CloseAll) { .pending = 1, .done = done, .userdata = userdata };
+        while ((s = hashmap_next(&m->sessions_by_id, &it)))
+                v[n++] = s;
+        ca->pending += (unsigned)n;
+        for (size_t i = 0; i < n; i++)
+                session_close(v[i], close_all_one, ca);
+        close_all_one(ca, 0, NULL, NULL, 0);
 }
 
 void session_free_all(Manager *m) {

@@ -18,6 +18,7 @@
 #include <uv.h>
 
 #include "cwsandboxd/v1/cwsandboxd.pb-c.h"
+#include "cwsandboxd/v1/ledger.pb-c.h"
 #include "manager.h"
 
 typedef struct SessionCloser SessionCloser;
@@ -31,6 +32,7 @@ struct Session {
         Cwsandboxd__V1__SandboxDefaults *defaults;      /* filled: merge_defaults_new() */
         int32_t linger_s;
         int32_t max_lifetime_s;
+        int64_t created_ms;             /* wall clock */
 
         Conn **conns;                   /* connections attached */
         unsigned connections;
@@ -78,6 +80,16 @@ void session_close(Session *s, SessionClosedFn done, void *userdata);
  */
 Session *session_lookup(Manager *m, const Conn *conn, const char *id, Status *st);
 
+/**
+ * session_restore() - a session from its ledger record after a restart,
+ * with no connection: its linger starts now. Returns it, or NULL when the
+ * record is unusable (logged).
+ */
+Session *session_restore(Manager *m, const Cwsandboxd__V1__LedgerSession *rec);
+
+/* @s as a ledger record (strings point into @s). */
+void session_record(const Session *s, Cwsandboxd__V1__LedgerSession *out);
+
 /* Fill a Session message (strings point into @s; valid while @s lives). */
 void session_to_pb(const Session *s, Cwsandboxd__V1__Session *out);
 
@@ -89,5 +101,11 @@ void session_remove_handle(Session *s, Handle *h);
 void session_conn_gone(Manager *m, Conn *conn);
 
 ConnState *conn_state(Conn *conn);
+
+/* Start the linger of every session with no connection (restored ones, at start-up). */
+void session_linger_idle(Manager *m);
+
+/* Close every open session (stop_on_shutdown); @done runs when all are closed. */
+void session_close_all(Manager *m, void (*done)(void *userdata), void *userdata);
 
 void session_free_all(Manager *m);

@@ -76,6 +76,8 @@ static char *config_get(const Config *c, const char *key) {
                 return strf("%" PRId64, c->default_linger_seconds);
         if (streq(key, "reap_interval_seconds"))
                 return strf("%" PRIu64, c->reap_interval_seconds);
+        if (streq(key, "drain_timeout_seconds"))
+                return strf("%" PRIu64, c->drain_timeout_seconds);
         if (streq(key, "stop_on_shutdown"))
                 return strdup(c->stop_on_shutdown ? "true" : "false");
         if (streq(key, "local_backend_path"))
@@ -110,6 +112,7 @@ static void test_defaults(void) {
                 { "max_connections_per_uid", "128" },
                 { "default_linger_seconds", "30" },
                 { "reap_interval_seconds", "60" },
+                { "drain_timeout_seconds", "10" },
                 { "stop_on_shutdown", "false" },
                 { "local_backend_path", "" },
                 { "max_file_bytes", "268435456" },
@@ -185,6 +188,8 @@ static const struct {
         { "reap_interval_seconds", "1", "1" },
         { "reap_interval_seconds", "0", NULL },
         { "reap_interval_seconds", "-1", NULL },
+        { "drain_timeout_seconds", "0", "0" },
+        { "drain_timeout_seconds", "3601", NULL },
         { "stop_on_shutdown", "true", "true" },
         { "stop_on_shutdown", "yes", "true" },
         { "stop_on_shutdown", "1", "true" },
