@@ -9,6 +9,11 @@
  *                           calls and for exec `true`
  *   RSS                     the daemon's resident memory for 10,000 idle
  *                           handles and for 1,000 idle connections
+ *   create                  create-and-start until the backend has answered:
+ *                           the handle's ledger record is made durable first
+ *   restart                 with those 10,000 handles in the ledger: SIGTERM
+ *                           until exit, start until status answers, and the
+ *                           same start after kill -9
  *
  * It starts its own daemon from $CWSANDBOXD (as `meson test --benchmark`
  * does) and needs root, like every test that makes real sandboxes.
@@ -16,6 +21,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +35,7 @@
 
 #define N_STATUS        2000
 #define N_EXEC          200
+#define N_CREATE        50
 #define N_THREADS       64
 #define RUN_SECONDS     5
 #define N_HANDLES       10000
@@ -317,6 +324,46 @@ static void bench_rss(FrameClient *c) {
         printf("%-44s %9.2f MiB\n", "daemon RSS at the end", after / 1024.0);
 }
 
+static void bench_create(FrameClient *c, const char *session) {
+        static double us[N_CREATE];
+
+        for (int i = 0; i < N_CREATE; i++) {
+                double t0 = now_us();
+
+                free(create(c, session, true));
+                us[i] = now_us() - t0;
+        }
+        latency("create and start (until created)", us, N_CREATE, NULL);
+}
+
+/* From (re)start until a status call is answered. */
+static double restart_us(void) {
+        double t0 = now_us();
+        FrameClient *c;
+        int r;
+
+        r = daemon_proc_restart(daemon_proc);
+        if (r < 0)
+                die("restart cwsandboxd", r);
+        c = connect_daemon();
+        status_call(c);
+        frame_client_free(c);
+        return now_us() - t0;
+}
+
+static void bench_restart(void) {
+        double t0 = now_us();
+        int status;
+
+        if (daemon_proc_stop(daemon_proc, CALL_TIMEOUT_MS, &status) < 0)
+                die("stop cwsandboxd", -ETIMEDOUT);
+        printf("%-44s %9.1f ms\n", "SIGTERM to exit, 10,000 handles", (now_us() - t0) / 1000);
+        printf("%-44s %9.1f ms\n", "start to serving, 10,000 handles restored", restart_us() / 1000);
+        daemon_proc_signal(daemon_proc, SIGKILL);
+        (void)daemon_proc_stop(daemon_proc, CALL_TIMEOUT_MS, NULL);
+        printf("%-44s %9.1f ms\n", "start to serving after kill -9", restart_us() / 1000);
+}
+
 int main(void) {
         static const char *const args[] = {
                 "--log-level", "warning", "--max-connections", "4096", "--max-connections-per-uid", "4096", NULL,
@@ -347,9 +394,12 @@ int main(void) {
         bench_exec(c, handle);
         bench_threads("status, 64 client threads", NULL, RUN_SECONDS);
         bench_threads("exec `true`, 64 client threads", handle, RUN_SECONDS);
+        bench_create(c, session);
         bench_rss(c);
-
         frame_client_free(c);
+        c = NULL;
+        bench_restart();
+
         daemon_proc_free(daemon_proc);
         return 0;
 }
