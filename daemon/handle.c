@@ -899,7 +899,8 @@ static void stop_deleted(void *userdata, const Status *st, ProtobufCMessage *rep
                         return;
                 }
                 status_prefix(&err, "stop sandbox");
-                log_full(LOG_LEVEL_WARNING, h->session ? h->session->id : NULL, h->sandbox_id, "%s", err.message);
+                /* The caller reports it (to its client, or through the reaper's retries). */
+                log_full(LOG_LEVEL_DEBUG, h->session ? h->session->id : NULL, h->sandbox_id, "%s", err.message);
                 stop_finish(h, &err);
                 return;
         }

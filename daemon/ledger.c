@@ -367,6 +367,7 @@ struct Ledger {
         int error;                      /* of the last job, 0 = fine */
         char health[256];
         uv_timer_t retry_timer;
+        bool retry_armed;               /* after a failure, the next compaction waits for the timer */
         bool closing;
         void (*done)(void *userdata);
         void *done_userdata;
@@ -524,6 +525,7 @@ static void ledger_kick(Ledger *l);
 static void retry_due(uv_timer_t *t) {
         Ledger *l = container_of(t, Ledger, retry_timer);
 
+        l->retry_armed = false;
         l->want_compact = true;
         ledger_kick(l);
 }
@@ -539,8 +541,10 @@ static void job_failed(Ledger *l, int error) {
         buf_free(&l->pending);
         /* Every waiter, not only this job's: none of them may wait for a disk that refuses. */
         waiters_settle(l, UINT64_MAX, error);
-        if (!l->closing)
+        if (!l->closing) {
+                l->retry_armed = true;
                 uv_timer_start(&l->retry_timer, retry_due, LEDGER_RETRY_MS, 0);
+        }
 }
 
 static void job_succeeded(Ledger *l) {
@@ -614,7 +618,7 @@ static void ledger_kick(Ledger *l) {
                 l->kind = JOB_COMPACT;
                 l->job = l->close_snap;
                 l->close_snap = (Buf) { 0 };
-        } else if (l->want_compact) {
+        } else if (l->want_compact && !l->retry_armed) {
                 if (take_snapshot(l, &l->job) < 0)
                         abort();
                 l->kind = JOB_COMPACT;
@@ -626,7 +630,6 @@ static void ledger_kick(Ledger *l) {
                 l->pending = (Buf) { 0 };
         } else
                 return;
-        uv_timer_stop(&l->retry_timer);
         l->job_seq = l->next_seq;
         l->busy = true;
         if (uv_queue_work(l->loop, &l->work, job_run, job_done) < 0)

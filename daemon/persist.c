@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "handle.h"
 #include "log.h"
@@ -107,8 +108,12 @@ static void keep_bad_copy(const Manager *m, const char *path, const LedgerConten
                 return;
         if (asprintf(&bad, "%s/" LEDGER_FILE ".bad", m->config->state_dir) < 0)
                 return;
-        /* For whoever investigates; the next compaction replaces the original. */
-        if (rename(path, bad) < 0)
+        /*
+         * For whoever investigates. A link, not a rename: the original stays
+         * until a compaction has written its replacement, so a disk too full
+         * for that does not leave no ledger at all.
+         */
+        if ((unlink(bad) < 0 && errno != ENOENT) || link(path, bad) < 0)
                 log_warning("state ledger: cannot keep a copy of the damaged file as %s: %m", bad);
 }
 
@@ -154,8 +159,7 @@ int persist_load(Manager *m) {
         restore(m, &c, &ns, &nh);
         ledger_contents_free(&c);
         if (ns > 0)
-                log_notice("restored %u session(s) and %u sandbox handle(s); sessions linger until their clients "
-                           "come back", ns, nh);
+                log_notice("restored %u session(s) and %u sandbox handle(s)", ns, nh);
         r = ledger_new(m->loop, m->config->state_dir, persist_snapshot, m, &m->ledger);
         if (r < 0)
                 return r;

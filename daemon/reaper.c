@@ -85,7 +85,21 @@ static void retry_arm(Reaper *r) {
                 uv_timer_start(&r->retry_timer, retry_due, next > now ? next - now : 0, 0);
 }
 
-static void delete_send(StopRetry *e);
+/* Attempt @e->attempts + 1 failed with @st: count it, log the first, try again later. */
+static void retry_later(StopRetry *e, const Status *st) {
+        Reaper *r = e->reaper;
+
+        e->attempts++;
+        r->stats.stop_failures++;
+        if (e->attempts == 1)
+                log_full(LOG_LEVEL_WARNING, e->session_id, e->sandbox_id,
+                         "stop failed: %s; retrying until it is gone", st->message);
+        else
+                log_full(LOG_LEVEL_DEBUG, e->session_id, e->sandbox_id, "stop attempt %u failed: %s",
+                         e->attempts, st->message);
+        e->due_ms = manager_now_ms(r->manager) + retry_delay_ms(e->attempts);
+        retry_arm(r);
+}
 
 static void delete_done(void *userdata, const Status *st, ProtobufCMessage *reply) {
         StopRetry *e = userdata;
@@ -107,16 +121,7 @@ static void delete_done(void *userdata, const Status *st, ProtobufCMessage *repl
                 retry_arm(r);
                 return;
         }
-        e->attempts++;
-        r->stats.stop_failures++;
-        if (e->attempts == 1)
-                log_full(LOG_LEVEL_WARNING, e->session_id, e->sandbox_id,
-                         "stop failed: %s; retrying until it is gone", st->message);
-        else
-                log_full(LOG_LEVEL_DEBUG, e->session_id, e->sandbox_id, "stop attempt %u failed: %s",
-                         e->attempts + 1, st->message);
-        e->due_ms = manager_now_ms(r->manager) + retry_delay_ms(e->attempts);
-        retry_arm(r);
+        retry_later(e, st);
 }
 
 static void delete_send(StopRetry *e) {
@@ -144,7 +149,7 @@ static void retry_due(uv_timer_t *t) {
         retry_arm(r);
 }
 
-void reaper_stop_sandbox(Reaper *r, const char *sandbox_id, const char *session_id) {
+void reaper_stop_sandbox(Reaper *r, const char *sandbox_id, const char *session_id, const Status *failed) {
         StopRetry *e;
 
         if (r->closed || hashmap_get(&r->retries, sandbox_id))
@@ -158,7 +163,10 @@ void reaper_stop_sandbox(Reaper *r, const char *sandbox_id, const char *session_
         if (!e->sandbox_id || (session_id && !e->session_id) ||
             hashmap_put(&r->retries, e->sandbox_id, e) < 0)
                 abort();
-        delete_send(e);
+        if (failed)
+                retry_later(e, failed);
+        else
+                delete_send(e);
 }
 
 /* ---- passes ------------------------------------------------------------------------------- */
@@ -184,7 +192,7 @@ static void lifetime_stopped(void *userdata, Handle *h, const Status *st) {
 
         if (!status_ok(st) && self->sandbox_id)
                 reaper_stop_sandbox(&self->manager->reaper, self->sandbox_id,
-                                    self->session ? self->session->id : NULL);
+                                    self->session ? self->session->id : NULL, st);
         handle_unref(h);
         handle_unref(self);
 }
@@ -200,8 +208,8 @@ static void check_lifetime(Reaper *r, Handle *h) {
         if (age_ms <= (int64_t)s->max_lifetime_s * 1000)
                 return;
         r->stats.lifetime_stops++;
-        log_full(LOG_LEVEL_INFO, s->id, h->sandbox_id, "older than the session's max lifetime (%" PRId64 " s > %d s): "
-                 "stopping", age_ms / 1000, (int)s->max_lifetime_s);
+        log_full(LOG_LEVEL_INFO, s->id, h->sandbox_id, "older than the session's max lifetime (%.1f s > %d s): "
+                 "stopping", age_ms / 1000.0, (int)s->max_lifetime_s);
         handle_stop(h, REAPER_STOP_GRACE_S, true, lifetime_stopped, handle_ref(h));
 }
 
@@ -215,7 +223,7 @@ static void reap(Reaper *r, const Sandbox *sb) {
         log_full(LOG_LEVEL_INFO, sid, sb->sandbox_id, "orphan: %s; stopping it",
                  !sid ? "created by this host's daemon without a session tag" :
                  s && !s->closing ? "its session does not track it" : "its session is closed");
-        reaper_stop_sandbox(r, sb->sandbox_id, sid);
+        reaper_stop_sandbox(r, sb->sandbox_id, sid, NULL);
 }
 
 static void reconcile_one(Reaper *r, const Sandbox *sb) {

@@ -28,6 +28,7 @@
 #include <uv.h>
 
 #include "hashmap.h"
+#include "status.h"
 
 typedef struct Manager Manager;
 
@@ -37,7 +38,7 @@ typedef struct ReaperStats {
         uint64_t reaped;                /* orphans found and stopped */
         uint64_t resolved;              /* interrupted creates matched to their handle */
         uint64_t lifetime_stops;
-        uint64_t stop_failures;         /* failed DeleteSandbox calls, retries included */
+        uint64_t stop_failures;         /* failed stops the daemon started itself, retries included */
         uint64_t stop_retries;
 } ReaperStats;
 
@@ -67,9 +68,11 @@ void reaper_start(Reaper *r, void (*reconciled)(void *userdata), void *userdata)
 /**
  * reaper_stop_sandbox() - stop @sandbox_id (DeleteSandbox, missing is fine),
  * retrying with backoff until it is gone. A sandbox already queued is not
- * queued twice. @session_id (may be NULL) is for the logs.
+ * queued twice. @session_id (may be NULL) is for the logs. @failed: the
+ * error of a stop that already failed (counted and logged here; the first
+ * retry then waits its backoff), or NULL to send at once.
  */
-void reaper_stop_sandbox(Reaper *r, const char *sandbox_id, const char *session_id);
+void reaper_stop_sandbox(Reaper *r, const char *sandbox_id, const char *session_id, const Status *failed);
 
 /* Sandboxes waiting for a stop to succeed. */
 unsigned reaper_pending_stops(const Reaper *r);

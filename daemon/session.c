@@ -268,8 +268,9 @@ static void close_finish(Session *s) {
         SessionCloser *c = s->closer;
         CloseWaiter *w, *next;
 
-        log_full(c->n_failures ? LOG_LEVEL_WARNING : LOG_LEVEL_INFO, s->id, NULL,
-                 "session '%s' closed: %u sandbox(es) stopped, %u failed", s->name, c->stopped, c->n_failures);
+        log_full(c->n_failures && !s->manager->stopping ? LOG_LEVEL_WARNING : LOG_LEVEL_INFO, s->id, NULL,
+                 "session '%s' closed: %u sandbox(es) stopped, %u failed%s", s->name, c->stopped, c->n_failures,
+                 c->n_failures ? " (stops are retried until the sandboxes are gone)" : "");
         for (w = c->waiters; w; w = next) {
                 next = w->next;
                 if (w->fn)
@@ -307,10 +308,9 @@ static void close_stopped(void *userdata, Handle *h, const Status *st) {
                 c->failures[n] = *st;
                 c->failed_ids[n] = strdup(cs->handle->sandbox_id ? cs->handle->sandbox_id : cs->handle->id);
                 c->n_failures++;
-                log_full(s->manager->stopping ? LOG_LEVEL_INFO : LOG_LEVEL_WARNING, s->id, cs->handle->sandbox_id,
-                         "stop at session close failed: %s", st->message);
+                /* The reaper logs it and retries; the close's summary counts it. */
                 if (cs->handle->sandbox_id)
-                        reaper_stop_sandbox(&s->manager->reaper, cs->handle->sandbox_id, s->id);
+                        reaper_stop_sandbox(&s->manager->reaper, cs->handle->sandbox_id, s->id, st);
         }
         handle_unref(h);
         handle_unref(cs->handle);
@@ -427,11 +427,8 @@ void session_remove_handle(Session *s, Handle *h) {
 static void conn_scope_stopped(void *userdata, Handle *h, const Status *st) {
         Handle *self = userdata;
 
-        if (!status_ok(st) && self->sandbox_id) {
-                log_full(LOG_LEVEL_WARNING, NULL, self->sandbox_id,
-                         "stop of a connection-scoped sandbox failed: %s", st->message);
-                reaper_stop_sandbox(&self->manager->reaper, self->sandbox_id, NULL);
-        }
+        if (!status_ok(st) && self->sandbox_id)
+                reaper_stop_sandbox(&self->manager->reaper, self->sandbox_id, NULL, st);
         handle_unref(h);
         handle_unref(self);
 }

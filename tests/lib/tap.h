@@ -21,6 +21,12 @@ void tap_plan(unsigned n);
 void tap_skip_all(const char *reason);
 
 /**
+ * tap_skip() - one test point that passes as "ok N - @name # SKIP @reason":
+ * a check that cannot run here (no root, no namespaces).
+ */
+void tap_skip(const char *reason, const char *name);
+
+/**
  * ok() - one test point. Returns @cond so callers can skip dependent checks.
  */
 bool ok(bool cond, const char *fmt, ...) _printf_(2, 3);
