@@ -1,5 +1,5 @@
 /*
- * The unary calls of libcwsandbox: connect and Hello, sessions, sandboxes,
+ * The unary calls of libcwsandbox: connect, sessions, sandboxes,
  * status and metrics. Each public function turns its plain C arguments into
  * one ClientFrame, runs it as a Call on the connection (see conn.c) and
  * turns the reply into the library's own result structs, so no protobuf-c
@@ -8,7 +8,9 @@
  *
  * Request building borrows the caller's strings; what has to be allocated
  * for a request (map entries, sub-messages) goes into a Scratch freed when
- * the call returns (see util.h).
+ * the call returns (see util.h). Which sessions a connection re-attaches
+ * after a reconnect follows from its attach, detach and close requests;
+ * call_unary() keeps that list (see conn.c), so nothing here does.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -21,8 +23,6 @@
 #include "util.h"
 
 #define DEFAULT_SOCKET          "/run/cwsandboxd/cwsandboxd.sock"
-#define FRAME_MARGIN            256u                    /* frame fields around a chunk */
-#define CHUNK_MAX               (1024u * 1024)
 
 /* ---- names ------------------------------------------------------------------------------- */
 
@@ -121,52 +121,6 @@ CWS_EXPORT char *cws_default_socket_path(void) {
         return path;
 }
 
-static int conn_hello(cws_conn *c, const char *client_name, cws_error *err) {
-        Cwsandboxd__V1__Hello hello = CWSANDBOXD__V1__HELLO__INIT;
-        ClientFrame f = CWSANDBOXD__V1__CLIENT_FRAME__INIT;
-        Cwsandboxd__V1__HelloReply *hr;
-        DaemonFrame *reply = NULL;
-        int r;
-
-        hello.protocol_version = PROTOCOL_VERSION;
-        hello.client_name = S(client_name ? client_name : "libcwsandbox");
-        hello.pid = (int32_t)getpid();
-        f.body_case = BODY(HELLO);
-        f.hello = &hello;
-        r = call_unary(c, &f, &reply, err);
-        if (r == CWS_UNAVAILABLE) {
-                /* The daemon may have said why before it hung up (e.g. a protocol version). */
-                pthread_mutex_lock(&c->lock);
-                if (c->refused_code)
-                        r = cws_fail(err, c->refused_code, "%s", c->dead_msg);
-                pthread_mutex_unlock(&c->lock);
-        }
-        if (r != 0)
-                return r;
-        if (reply->body_case != REPLY(HELLO))
-                return unexpected(reply, err);
-        hr = reply->hello;
-        if (hr->protocol_version != PROTOCOL_VERSION) {
-                r = cws_fail(err, CWS_FAILED_PRECONDITION, "the daemon speaks protocol version %u, not %u",
-                             hr->protocol_version, PROTOCOL_VERSION);
-                daemon_frame_free(reply);
-                return r;
-        }
-        c->hello_frame = reply;
-        c->hello = (cws_hello) {
-                .protocol_version = hr->protocol_version,
-                .daemon_version = hr->daemon_version,
-                .backend_kind = hr->backend_kind,
-                .backend_url = hr->backend_url,
-                .features = (const char *const *)hr->features,
-                .n_features = hr->n_features,
-                .max_frame_bytes = hr->max_frame_bytes,
-        };
-        if (hr->max_frame_bytes > FRAME_MARGIN)
-                c->chunk_max = MIN((size_t)CHUNK_MAX, (size_t)hr->max_frame_bytes - FRAME_MARGIN);
-        return 0;
-}
-
 CWS_EXPORT int cws_connect(const char *socket_path, const char *client_name, cws_conn **ret_conn, cws_error *err) {
         _cleanup_free_ char *path = NULL;
         cws_conn *c = NULL;
@@ -179,14 +133,9 @@ CWS_EXPORT int cws_connect(const char *socket_path, const char *client_name, cws
                 if (!path)
                         return oom(err);
         }
-        r = conn_open(socket_path ? socket_path : path, &c, err);
+        r = conn_open(socket_path ? socket_path : path, client_name, &c, err);
         if (r != 0)
                 return r;
-        r = conn_hello(c, client_name, err);
-        if (r != 0) {
-                conn_shutdown(c);
-                return r;
-        }
         cws_ok(err);
         *ret_conn = c;
         return 0;
@@ -198,14 +147,24 @@ CWS_EXPORT void cws_conn_close(cws_conn *c) {
 }
 
 CWS_EXPORT const cws_hello *cws_conn_hello(const cws_conn *c) {
-        return &c->hello;
+        return conn_hello(c);
 }
 
 CWS_EXPORT bool cws_conn_has_feature(const cws_conn *c, const char *name) {
-        for (size_t i = 0; name && i < c->hello.n_features; i++)
-                if (streq(c->hello.features[i], name))
+        const cws_hello *h = conn_hello(c);
+
+        for (size_t i = 0; name && i < h->n_features; i++)
+                if (streq(h->features[i], name))
                         return true;
         return false;
+}
+
+CWS_EXPORT void cws_conn_set_reconnect(cws_conn *c, bool on, int wait_ms) {
+        conn_set_reconnect(c, on, wait_ms);
+}
+
+CWS_EXPORT uint64_t cws_conn_reconnects(const cws_conn *c) {
+        return atomic_load(&c->reconnects);
 }
 
 /* ---- sessions ---------------------------------------------------------------------------- */

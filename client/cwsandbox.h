@@ -16,6 +16,22 @@
  * @err is not NULL it is filled on failure (and cleared on success) with the
  * code, a message, the backend's reason and retry hints.
  *
+ * Reconnecting. When the daemon goes away under a connection (restarted,
+ * killed) without cws_conn_close(), every call waiting on it returns
+ * CWS_UNAVAILABLE (none is sent again: creates and execs are not
+ * idempotent), and the connection then comes back by itself: a thread of the
+ * library reconnects in the background, with backoff (50 ms doubling to 1 s),
+ * until it succeeds or the connection is closed, says Hello, and attaches
+ * again, by name and with the same options, every session attached on this
+ * connection and not detached or closed. A call started meanwhile waits for
+ * that (10 s by default, see cws_conn_set_reconnect()). If the daemon hands
+ * a session a new id (it lost its state), the library sends the new id
+ * wherever the application passes the old one; replies carry the new one.
+ * Streams (cws_exec, cws_logs) open at the loss end with CWS_UNAVAILABLE;
+ * cws_conn_reconnects() tells when work like that should be started again.
+ * A daemon that refuses the Hello of a reconnect (a protocol version it
+ * does not speak) ends the connection for good.
+ *
  * Options structs: NULL means "all defaults"; a zero or NULL member means
  * "unset", except where a has_* flag says whether a member was given.
  * Result structs are allocated by the library and freed with the matching
@@ -115,16 +131,41 @@ CWS_EXPORT int cws_connect(const char *socket_path, const char *client_name, cws
 
 /**
  * cws_conn_close() - close the connection and free it. Calls already
- * running on it in other threads return CWS_UNAVAILABLE, and streaming
+ * running on it in other threads (also those waiting for a reconnect)
+ * return CWS_UNAVAILABLE, a reconnect under way ends, and streaming
  * objects stay valid until freed (their calls then fail the same way); no
  * new call may start on @c once the close has begun. Accepts NULL.
  */
 CWS_EXPORT void cws_conn_close(cws_conn *c);
 
 /**
- * cws_conn_hello() - the daemon's HelloReply, valid until cws_conn_close().
+ * cws_conn_hello() - the HelloReply of the daemon the connection speaks to
+ * now (after a reconnect, the new one's). Every one returned stays valid
+ * until cws_conn_close().
  */
 CWS_EXPORT const cws_hello *cws_conn_hello(const cws_conn *c);
+
+/**
+ * cws_conn_set_reconnect() - whether @c reconnects by itself after losing
+ * the daemon (on from cws_connect()), and how long calls wait for it.
+ * @on: false: a lost connection stays lost, every later call fails
+ *      CWS_UNAVAILABLE at once (a reconnect under way stops).
+ * @wait_ms: how long a call started while the connection is down waits for
+ *           the reconnect before it fails CWS_UNAVAILABLE; 0 = not at all;
+ *           < 0 = the default, 10000.
+ *
+ * A connection that has ended for good (closed, refused, lost while this
+ * was off) does not come back when it is turned on again.
+ */
+CWS_EXPORT void cws_conn_set_reconnect(cws_conn *c, bool on, int wait_ms);
+
+/**
+ * cws_conn_reconnects() - how many times @c has come back after a loss,
+ * each counted once its Hello and the re-attaches of its sessions are done.
+ * A caller that sees it change knows its streams were cut and may start
+ * them again.
+ */
+CWS_EXPORT uint64_t cws_conn_reconnects(const cws_conn *c);
 
 /**
  * cws_conn_has_feature() - whether the daemon announced feature @name.

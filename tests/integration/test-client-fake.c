@@ -4,7 +4,10 @@
  * sees it, streams with credit, errors with their details, one connection
  * shared by four threads, and connection loss: a dropped daemon, a close
  * while calls wait, a stream cut before its exit status, a peer that stops
- * reading. Needs no daemon and no root.
+ * reading; then reconnecting: sessions attached again as they were, ids
+ * mapped after a daemon lost its state, calls waiting for the daemon to come
+ * back (or giving up), a close during a reconnect, a refused Hello, and
+ * reconnecting turned off. Needs no daemon and no root.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -927,13 +930,19 @@ static void start_waiters(cws_conn *c, Waiter *w, pthread_t *threads, size_t n) 
 
 static void test_drop_wakes_waiters(void) {
         cws_conn *c = connect_or_bail("drop");
+        uint64_t base = cws_conn_reconnects(c), shared = cws_conn_reconnects(conn);
         Waiter w[N_THREADS + 1];
         pthread_t threads[N_THREADS + 1];
         cws_status *s = NULL;
+        unsigned waits, execs;
         cws_error err;
         bool all = true;
+        int r;
 
+        is_int(base, 0, "a new connection has not reconnected yet");
         start_waiters(c, w, threads, ELEMENTSOF(w));
+        waits = fake_daemon_requests(fake, BODY(WAIT_SANDBOX));
+        execs = fake_daemon_requests(fake, BODY(EXEC));
         fake_daemon_drop(fake);
         for (size_t i = 0; i < ELEMENTSOF(w); i++) {
                 pthread_join(threads[i], NULL);
@@ -942,12 +951,21 @@ static void test_drop_wakes_waiters(void) {
         ok(all, "daemon gone: %zu blocked calls (one a stream) woke with UNAVAILABLE", ELEMENTSOF(w));
         ok(strstr(w[0].err.message, "lost") != NULL, "the message says the connection was lost: %s",
            w[0].err.message);
-        is_int(cws_get_status(c, &s, &err), CWS_UNAVAILABLE, "a new call on the lost connection: UNAVAILABLE");
-        cws_conn_close(c);
+        r = cws_get_status(c, &s, &err);
+        if (r != 0)
+                diag_err("status after the drop", r, &err);
+        is_int(r, 0, "a new call after the drop waits for the reconnect and succeeds");
+        cws_status_free(s);
+        ok(cws_conn_reconnects(c) > base, "the connection reconnected (%" PRIu64 " times)", cws_conn_reconnects(c));
+        ok(fake_daemon_requests(fake, BODY(WAIT_SANDBOX)) == waits && fake_daemon_requests(fake, BODY(EXEC)) == execs,
+           "the lost calls were not sent again");
 
-        /* The shared connection was dropped too. */
-        cws_conn_close(conn);
-        conn = connect_or_bail("test-client-fake-2");
+        /* The shared connection was dropped too, and came back by itself. */
+        s = NULL;
+        r = cws_get_status(conn, &s, &err);
+        ok(r == 0 && cws_conn_reconnects(conn) > shared, "the shared connection works again without a new connect");
+        cws_status_free(s);
+        cws_conn_close(c);
 }
 
 static void test_close_while_running(void) {
@@ -1000,6 +1018,319 @@ static void test_no_sigpipe(void) {
         is_int(r, 0, "a new connection works afterwards");
 }
 
+/* ---- reconnect ---------------------------------------------------------------------------- */
+
+/* Wait until @c has reconnected @n times in all. */
+static bool wait_reconnects(cws_conn *c, uint64_t n) {
+        for (int i = 0; i < LIMIT_MS / 10 && cws_conn_reconnects(c) < n; i++)
+                usleep(10 * 1000);
+        return cws_conn_reconnects(c) >= n;
+}
+
+/*
+ * Wait until @c knows its daemon is gone: a call that may not wait fails
+ * as "not reconnected" rather than as lost on the old socket. Leaves the
+ * wait bound at @wait_ms.
+ */
+static bool wait_down(cws_conn *c, int wait_ms) {
+        cws_status *s = NULL;
+        cws_error err = {};
+        bool down = false;
+
+        cws_conn_set_reconnect(c, true, 0);
+        for (int i = 0; i < LIMIT_MS / 10 && !down; i++) {
+                if (cws_get_status(c, &s, &err) == CWS_UNAVAILABLE && strstr(err.message, "not reconnected"))
+                        down = true;
+                else
+                        usleep(10 * 1000);
+                cws_status_free(TAKE_PTR(s));
+        }
+        cws_conn_set_reconnect(c, true, wait_ms);
+        return down;
+}
+
+/* The AttachSession requests the fake received from number @from on, counted by session name. */
+static unsigned attaches_named(unsigned from, const char *name, ClientFrame **ret_last) {
+        unsigned n = 0, total = fake_daemon_requests(fake, BODY(ATTACH_SESSION));
+        ClientFrame *f;
+
+        for (unsigned i = from; i < total; i++) {
+                f = fake_daemon_nth(fake, BODY(ATTACH_SESSION), i);
+                if (f && strcmp(f->attach_session->name, name) == 0) {
+                        n++;
+                        if (ret_last) {
+                                free_frame(*ret_last);
+                                *ret_last = TAKE_PTR(f);
+                        }
+                }
+                free_frame(f);
+        }
+        return n;
+}
+
+static void test_reattach(void) {
+        static const char *const tags[] = { "keep" };
+        static const cws_kv env[] = { { "E", "1" } };
+        const cws_sandbox_defaults defs = { .container_image = "img:1", .tags = tags, .n_tags = 1,
+                                            .env = env, .n_env = 1 };
+        const cws_attach_options o = { .defaults = &defs, .has_linger = true, .linger_seconds = 77,
+                                       .max_lifetime_seconds = 600 };
+        const char *const names[] = { "ra-keep", "ra-plain", "ra-gone", "ra-closed" };
+        cws_conn *c = connect_or_bail("reattach");
+        cws_session *s[ELEMENTSOF(names)] = {};
+        const Cwsandboxd__V1__SandboxDefaults *pd;
+        ClientFrame *keep = NULL, *plain = NULL, *f;
+        unsigned from, hellos;
+        bool said_hello = false;
+        uint64_t base;
+        cws_error err;
+        int r = 0;
+
+        for (size_t i = 0; i < ELEMENTSOF(names) && r == 0; i++)
+                r = cws_attach(c, names[i], i == 0 ? &o : NULL, &s[i], &err);
+        if (r == 0)
+                r = cws_detach(c, s[2]->session_id, &err);
+        if (r == 0)
+                r = cws_close_session(c, s[3]->session_id, NULL, &err);
+        if (r != 0) {
+                diag_err("attach, detach, close", r, &err);
+                bail_out("cannot set the sessions up");
+        }
+        from = fake_daemon_requests(fake, BODY(ATTACH_SESSION));
+        hellos = fake_daemon_requests(fake, BODY(HELLO));
+        base = cws_conn_reconnects(c);
+
+        fake_daemon_drop(fake);
+        ok(wait_reconnects(c, base + 1), "dropped: the connection came back by itself");
+        for (unsigned i = hellos; i < fake_daemon_requests(fake, BODY(HELLO)) && !said_hello; i++) {
+                f = fake_daemon_nth(fake, BODY(HELLO), i);
+                said_hello = f && strcmp(f->hello->client_name, "reattach") == 0 && f->hello->pid == getpid();
+                free_frame(f);
+        }
+        ok(said_hello, "it said Hello again, with its client name");
+        is_int(attaches_named(from, "ra-keep", &keep), 1, "the session attached with options was attached again");
+        is_int(attaches_named(from, "ra-plain", &plain), 1, "the session attached without options too");
+        is_int(attaches_named(from, "ra-gone", NULL) + attaches_named(from, "ra-closed", NULL), 0,
+               "the detached and the closed session were not");
+        pd = keep ? keep->attach_session->defaults : NULL;
+        ok(keep && keep->attach_session->has_linger && keep->attach_session->linger_seconds == 77 &&
+           keep->attach_session->max_lifetime_seconds == 600, "the re-attach has the same linger and lifetime cap");
+        ok(pd && strcmp(pd->container_image, "img:1") == 0 && pd->n_tags == 1 && strcmp(pd->tags[0], "keep") == 0 &&
+           pd->n_environment_variables == 1 && strcmp(pd->environment_variables[0]->value, "1") == 0,
+           "and the same defaults");
+        ok(plain && !plain->attach_session->defaults && !plain->attach_session->has_linger,
+           "the plain one is plain again");
+        free_frame(keep);
+        free_frame(plain);
+
+        /* Detached after the reconnect: not attached at the next one. */
+        is_int(cws_detach(c, s[1]->session_id, &err), 0, "detach after the reconnect");
+        from = fake_daemon_requests(fake, BODY(ATTACH_SESSION));
+        base = cws_conn_reconnects(c);
+        fake_daemon_drop(fake);
+        ok(wait_reconnects(c, base + 1), "dropped again: back again");
+        ok(attaches_named(from, "ra-keep", NULL) == 1 && attaches_named(from, "ra-plain", NULL) == 0,
+           "only the session still attached was attached again");
+
+        for (size_t i = 0; i < ELEMENTSOF(names); i++)
+                cws_session_free(s[i]);
+        cws_conn_close(c);
+}
+
+/* The daemon comes back without its state: the session gets a new id, the old one keeps working. */
+static void test_remap(void) {
+        const cws_list_options lo = { .session_id = "ses-rm" };
+        cws_conn *c = connect_or_bail("remap");
+        cws_session *s = NULL;
+        cws_session_list *sl = NULL;
+        cws_sandbox_list *l = NULL;
+        cws_metrics *m = NULL;
+        cws_sandbox *sb = NULL;
+        ClientFrame *f = NULL;
+        unsigned from;
+        uint64_t base;
+        cws_error err;
+        int r;
+
+        r = cws_attach(c, "rm", NULL, &s, &err);
+        if (r != 0 || strcmp(s->session_id, "ses-rm") != 0)
+                bail_out("attach rm: %d", r);
+        from = fake_daemon_requests(fake, BODY(ATTACH_SESSION));
+        base = cws_conn_reconnects(c);
+        fake_daemon_down(fake);
+        ok(fake_daemon_up(fake, true) == 0, "the fake restarted without its state");
+        ok(wait_reconnects(c, base + 1), "the connection came back");
+        ok(attaches_named(from, "rm", &f) == 1 && f, "the session was attached again by name");
+        free_frame(TAKE_PTR(f));
+
+        r = cws_sandbox_create(c, s->session_id, NULL, &sb, &err);
+        if (r != 0)
+                diag_err("create with the old id", r, &err);
+        ok(r == 0 && strcmp(sb->session_id, "ses-1-rm") == 0,
+           "a create with the old session id reaches the session under its new id");
+        cws_sandbox_free(sb);
+        f = fake_daemon_last(fake, BODY(CREATE_SANDBOX));
+        ok(f && strcmp(f->create_sandbox->session_id, "ses-1-rm") == 0, "on the wire it carries the new id");
+        free_frame(f);
+
+        r = cws_list_sandboxes(c, &lo, &l, &err);
+        cws_sandbox_list_free(l);
+        f = fake_daemon_last(fake, BODY(LIST_SANDBOXES));
+        ok(r == 0 && f && strcmp(f->list_sandboxes->session_id, "ses-1-rm") == 0, "list: the new id");
+        free_frame(f);
+        r = cws_get_metrics(c, s->session_id, false, false, &m, &err);
+        cws_metrics_free(m);
+        f = fake_daemon_last(fake, BODY(METRICS));
+        ok(r == 0 && f && strcmp(f->metrics->session_id, "ses-1-rm") == 0, "metrics: the new id");
+        free_frame(f);
+        r = cws_sandbox_from_id(c, s->session_id, "sb-9", true, &sb, &err);
+        cws_sandbox_free(sb);
+        f = fake_daemon_last(fake, BODY(ADOPT_SANDBOX));
+        ok(r == 0 && f && strcmp(f->adopt_sandbox->session_id, "ses-1-rm") == 0, "adopt: the new id");
+        free_frame(f);
+        is_int(cws_detach(c, "ses-other", &err), CWS_NOT_FOUND, "an id never mapped goes out as given");
+        f = fake_daemon_last(fake, BODY(DETACH_SESSION));
+        ok(f && strcmp(f->detach_session->session_id, "ses-other") == 0, "(on the wire too)");
+        free_frame(f);
+        r = cws_close_session(c, s->session_id, NULL, &err);
+        f = fake_daemon_last(fake, BODY(CLOSE_SESSION));
+        ok(r == 0 && f && strcmp(f->close_session->session_id, "ses-1-rm") == 0, "close: the new id");
+        free_frame(f);
+        r = cws_list_sessions(c, &sl, &err);
+        ok(r == 0 && sl->n_sessions >= 1, "list sessions after the remap");
+        cws_session_list_free(sl);
+
+        /* Closed: not attached again at the next reconnect. */
+        from = fake_daemon_requests(fake, BODY(ATTACH_SESSION));
+        base = cws_conn_reconnects(c);
+        fake_daemon_drop(fake);
+        ok(wait_reconnects(c, base + 1) && attaches_named(from, "rm", NULL) == 0,
+           "the closed session is not attached at the next reconnect");
+        cws_session_free(s);
+        cws_conn_close(c);
+}
+
+static void *status_call(void *userdata) {
+        Waiter *w = userdata;
+        cws_status *s = NULL;
+
+        w->r = cws_get_status(w->c, &s, &w->err);
+        cws_status_free(s);
+        return NULL;
+}
+
+static void test_wait_while_down(void) {
+        cws_conn *c = connect_or_bail("wait-down");
+        Waiter w = { .c = c, .r = -1 };
+        cws_status *s = NULL;
+        uint64_t base = cws_conn_reconnects(c);
+        pthread_t t;
+        cws_error err;
+        int r;
+
+        fake_daemon_down(fake);
+        ok(wait_down(c, LIMIT_MS), "the daemon is down and the connection knows it");
+        if (pthread_create(&t, NULL, status_call, &w) != 0)
+                bail_out("pthread_create");
+        /* Let the call begin to wait first; the result does not depend on it. */
+        usleep(200 * 1000);
+        ok(fake_daemon_up(fake, false) == 0, "the daemon is back");
+        pthread_join(t, NULL);
+        if (w.r != 0)
+                diag_err("the waiting call", w.r, &w.err);
+        is_int(w.r, 0, "a call started while the daemon was down waited and succeeded");
+        ok(cws_conn_reconnects(c) > base, "through the reconnected connection");
+
+        /* Kept down: a call gives up after the bound. */
+        fake_daemon_down(fake);
+        ok(wait_down(c, 100), "down again, with a wait bound of 100 ms");
+        r = cws_get_status(c, &s, &err);
+        is_int(r, CWS_UNAVAILABLE, "a call fails UNAVAILABLE after the bound");
+        ok(strstr(err.message, "not reconnected within 100 ms") != NULL, "and says why: %s", err.message);
+        ok(fake_daemon_up(fake, false) == 0, "the daemon is back");
+        cws_conn_set_reconnect(c, true, -1);
+        r = cws_get_status(c, &s, &err);
+        is_int(r, 0, "the same connection works again");
+        cws_status_free(s);
+        cws_conn_close(c);
+}
+
+static void test_close_while_reconnecting(void) {
+        const char *const hang[] = { "hang", NULL };
+        cws_conn *c = connect_or_bail("close-down");
+        Waiter w = { .c = c, .r = -1 };
+        cws_exec *x = NULL;
+        pthread_t t;
+        cws_error err;
+
+        /* The exec keeps the connection's memory until it is freed, whatever the order below. */
+        if (cws_exec_start(c, "h-1", hang, NULL, &x, &err) != 0)
+                bail_out("exec: %s", err.message);
+        fake_daemon_down(fake);
+        ok(wait_down(c, LIMIT_MS), "the daemon is down; calls wait up to %d ms", LIMIT_MS);
+        if (pthread_create(&t, NULL, status_call, &w) != 0)
+                bail_out("pthread_create");
+        usleep(200 * 1000);
+        cws_conn_close(c);
+        ok(true, "cws_conn_close() during the reconnect returned");
+        pthread_join(t, NULL);
+        is_int(w.r, CWS_UNAVAILABLE, "the waiting call woke with UNAVAILABLE");
+        ok(strstr(w.err.message, "closed") != NULL, "because of the close: %s", w.err.message);
+        cws_exec_free(x);
+        ok(fake_daemon_up(fake, false) == 0, "the daemon is back");
+}
+
+static void test_reconnect_off(void) {
+        cws_conn *c = connect_or_bail("off");
+        cws_status *s = NULL;
+        cws_error err;
+        int r;
+
+        cws_conn_set_reconnect(c, false, 0);
+        fake_daemon_drop(fake);
+        r = cws_get_status(c, &s, &err);
+        is_int(r, CWS_UNAVAILABLE, "reconnect off: a call after the drop fails UNAVAILABLE");
+        usleep(200 * 1000);
+        r = cws_get_status(c, &s, &err);
+        is_int(r, CWS_UNAVAILABLE, "and so does a later one");
+        ok(strstr(err.message, "lost") != NULL, "the connection was lost: %s", err.message);
+        is_int(cws_conn_reconnects(c), 0, "it never reconnected");
+        cws_conn_close(c);
+}
+
+static void test_refused_reconnect(void) {
+        FakeDaemon *d = NULL;
+        cws_conn *c = NULL;
+        cws_status *s = NULL;
+        uint64_t conns;
+        cws_error err = {};
+        int r = CWS_OK;
+
+        if (fake_daemon_start(NULL, &d) < 0 || cws_connect(fake_daemon_socket(d), NULL, &c, &err) != 0)
+                bail_out("cannot start a fake for a refused reconnect");
+        /* Short waits: a library that kept trying would make each call wait this long. */
+        cws_conn_set_reconnect(c, true, 500);
+        fake_daemon_refuse_hello(d, true);
+        fake_daemon_drop(d);
+        /* A call may still go out on the old socket and be lost; the refusal is what comes after. */
+        for (int i = 0; i < 20; i++) {
+                r = cws_get_status(c, &s, &err);
+                cws_status_free(TAKE_PTR(s));
+                if (r != CWS_UNAVAILABLE || strstr(err.message, "refused"))
+                        break;
+                usleep(10 * 1000);
+        }
+        is_int(r, CWS_UNAVAILABLE, "a Hello refused at a reconnect: calls fail UNAVAILABLE");
+        ok(strstr(err.message, "refused") && strstr(err.message, "not supported"),
+           "with the daemon's reason: %s", err.message);
+        conns = fake_daemon_count(d, FAKE_CONNECTIONS);
+        usleep(300 * 1000);
+        is_int(fake_daemon_count(d, FAKE_CONNECTIONS), conns, "and it does not try again");
+        is_int(cws_conn_reconnects(c), 0, "(no reconnect counted)");
+        cws_conn_close(c);
+        fake_daemon_free(d);
+}
+
 int main(void) {
         int r = fake_daemon_start(NULL, &fake);
 
@@ -1024,6 +1355,12 @@ int main(void) {
         test_drop_wakes_waiters();
         test_close_while_running();
         test_no_sigpipe();
+        test_reattach();
+        test_remap();
+        test_wait_while_down();
+        test_close_while_reconnecting();
+        test_reconnect_off();
+        test_refused_reconnect();
         cws_conn_close(conn);
         fake_daemon_free(fake);
         return done();

@@ -2,9 +2,12 @@
  * libcwsandbox against a real cwsandboxd and its embedded backend: the
  * handshake, sessions, the sandbox life cycle, buffered and streaming exec,
  * one connection shared by many threads, files, logs, list and adopt, stop,
- * delete, session close, and a daemon that dies under a waiting call.
+ * delete, session close, a daemon restarted under an idle connection (it
+ * comes back by itself with its session attached), and a daemon that dies
+ * under a waiting call.
  */
 #define _GNU_SOURCE
+#include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -498,6 +501,82 @@ static void test_close_session(void) {
         cws_close_result_free(cr);
 }
 
+/* ---- a daemon that restarts -------------------------------------------------------------- */
+
+/* Create a sandbox in session @sid, wait until it runs and run echo @word in it. */
+static void sandbox_echo(const char *sid, const char *word, const char *what) {
+        const char *const argv[] = { "echo", word, NULL };
+        cws_create_options o = { .start = true };
+        cws_sandbox *sb = NULL, *w = NULL;
+        cws_exec_result *res = NULL;
+        char want[64];
+        cws_error err;
+        int r;
+
+        (void)snprintf(want, sizeof(want), "%s\n", word);
+        r = cws_sandbox_create(conn, sid, &o, &sb, &err);
+        if (r == 0)
+                r = cws_sandbox_wait(conn, sb->handle_id, false, WAIT_MS, &w, &err);
+        if (r == 0)
+                r = cws_exec_run(conn, sb->handle_id, argv, NULL, &res, &err);
+        if (r != 0)
+                diag_err(what, r, &err);
+        ok(r == 0 && res->exit_code == 0 && streq(res->stdout_data, want), "%s: create, wait, exec echo", what);
+        cws_exec_result_free(res);
+        cws_sandbox_free(w);
+        cws_sandbox_free(sb);
+}
+
+/*
+ * SIGTERM and a new daemon under an idle connection: the library reconnects
+ * without being asked and attaches the session again, so work goes on
+ * through the same cws_conn and session id. The daemon may keep the session
+ * (same id) or have lost it (a new one the library maps to); both hold.
+ */
+static void test_daemon_restart(void) {
+        const cws_attach_options o = { .has_linger = true, .linger_seconds = 30 };
+        cws_session_list *sl = NULL;
+        cws_session *s = NULL;
+        const char *now_id = NULL;
+        bool attached = false;
+        uint64_t base;
+        int64_t end;
+        cws_error err;
+        int r;
+
+        r = cws_attach(conn, "client-lib-restart", &o, &s, &err);
+        if (r != 0) {
+                diag_err("attach", r, &err);
+                ok(false, "attach before the restart");
+                return;
+        }
+        sandbox_echo(s->session_id, "before", "before the restart");
+        base = cws_conn_reconnects(conn);
+        ok(daemon_proc_stop(daemon_proc, WAIT_MS, NULL) == 0, "daemon stopped with SIGTERM");
+        ok(daemon_proc_restart(daemon_proc) == 0, "daemon started again");
+
+        end = test_mono_ms() + WAIT_MS;
+        while (cws_conn_reconnects(conn) <= base && test_mono_ms() < end)
+                test_sleep_ms(50);
+        ok(cws_conn_reconnects(conn) > base, "the library reconnected by itself (%" PRIu64 " in all)",
+           cws_conn_reconnects(conn));
+
+        r = cws_list_sessions(conn, &sl, &err);
+        if (r != 0)
+                diag_err("list sessions", r, &err);
+        for (size_t i = 0; r == 0 && i < sl->n_sessions; i++)
+                if (streq(sl->sessions[i].name, "client-lib-restart") && sl->sessions[i].connections >= 1) {
+                        attached = true;
+                        now_id = sl->sessions[i].session_id;
+                }
+        ok(attached, "the session is attached again");
+        if (attached)
+                diag("session id before %s, now %s", s->session_id, now_id);
+        cws_session_list_free(sl);
+        sandbox_echo(s->session_id, "after", "after the restart, with the session id from before");
+        cws_session_free(s);
+}
+
 /* ---- a daemon that dies ------------------------------------------------------------------ */
 
 typedef struct Waiter {
@@ -569,8 +648,10 @@ static void test_daemon_killed(void) {
         pthread_join(t, NULL);
         is_int(w.r, CWS_UNAVAILABLE, "a blocked exec wait: UNAVAILABLE");
         ok(strstr(w.err.message, "lost") != NULL, "the message says the connection was lost: %s", w.err.message);
+        /* Nothing restarts it: a new call waits for the reconnect only as long as it is told. */
+        cws_conn_set_reconnect(conn, true, 500);
         r = cws_get_status(conn, &st, &err);
-        is_int(r, CWS_UNAVAILABLE, "a new call after the loss: UNAVAILABLE");
+        is_int(r, CWS_UNAVAILABLE, "a new call after the loss: UNAVAILABLE once the wait is over");
         /* The exec object outlives its connection. */
         cws_conn_close(TAKE_PTR(conn));
         is_int(cws_exec_cancel(w.exec, &err), 0, "cancel of an ended exec after close: nothing to do");
@@ -603,6 +684,7 @@ int main(void) {
         test_adopt();
         test_status_metrics();
         test_close_session();
+        test_daemon_restart();
         test_daemon_killed();
 
         cws_conn_close(conn);

@@ -13,9 +13,9 @@
  *
  * State the test thread reads (counters, request copies) lives under
  * @lock; everything else belongs to the fake's thread. The test thread asks
- * for a drop or a shutdown through the wake pipe and waits on @cond until the
- * fake's thread has done it, so the effect is complete when the call
- * returns. Writes to clients wait until they fit; a client's reader thread
+ * for a drop, a restart (down, then up on the same path) or a shutdown
+ * through the wake pipe and waits on @cond until the fake's thread has done
+ * it, so the effect is complete when the call returns. Writes to clients wait until they fit; a client's reader thread
  * always reads, so that cannot deadlock. A write that fails closes the connection.
  */
 #define _GNU_SOURCE
@@ -94,8 +94,17 @@ typedef enum Command {
         CMD_NONE,
         CMD_DROP,
         CMD_SHUT_READ,
+        CMD_DOWN,
+        CMD_UP,
+        CMD_UP_FRESH,
         CMD_STOP,
 } Command;
+
+/* A request kept whole by fake_daemon_nth(). */
+typedef struct Kept {
+        uint8_t *data;
+        size_t len;
+} Kept;
 
 struct FakeDaemon {
         FakeDaemonOpts opts;
@@ -110,6 +119,7 @@ struct FakeDaemon {
         size_t n_files;
         char **sessions;
         size_t n_sessions;
+        unsigned epoch;                 /* +1 per restart that loses state; part of new session ids */
         unsigned n_handles;
 
         pthread_mutex_t lock;
@@ -118,7 +128,11 @@ struct FakeDaemon {
         unsigned requests[FAKE_BODY_MAX];
         uint8_t *last[FAKE_BODY_MAX];
         size_t last_len[FAKE_BODY_MAX];
+        Kept *kept[FAKE_BODY_MAX];      /* every request, for the bodies fake_daemon_nth() keeps */
+        size_t n_kept[FAKE_BODY_MAX];
+        bool refuse_hello;
         Command command;
+        int command_result;
         unsigned command_seq, done_seq;
 };
 
@@ -129,6 +143,29 @@ static void count_add(FakeDaemon *d, FakeCounter what, int64_t delta) {
         d->counters[what] += (uint64_t)delta;
         pthread_cond_broadcast(&d->cond);
         pthread_mutex_unlock(&d->lock);
+}
+
+/* Hello and the session requests: few and small, so every one is kept. */
+static bool body_kept(int body) {
+        return body == BODY(HELLO) || body == BODY(ATTACH_SESSION) || body == BODY(DETACH_SESSION) ||
+               body == BODY(CLOSE_SESSION);
+}
+
+static void keep_request(FakeDaemon *d, int body, const uint8_t *p, size_t n) {
+        uint8_t *copy = malloc(n ? n : 1);
+        Kept *v;
+
+        if (!copy)
+                return;
+        if (n)
+                memcpy(copy, p, n);
+        v = reallocarray(d->kept[body], d->n_kept[body] + 1, sizeof(*v));
+        if (!v) {
+                free(copy);
+                return;
+        }
+        d->kept[body] = v;
+        v[d->n_kept[body]++] = (Kept) { .data = copy, .len = n };
 }
 
 static void record_request(FakeDaemon *d, int body, const uint8_t *p, size_t n) {
@@ -146,6 +183,8 @@ static void record_request(FakeDaemon *d, int body, const uint8_t *p, size_t n) 
                 d->last[body] = copy;
                 d->last_len[body] = n;
         }
+        if (body_kept(body))
+                keep_request(d, body, p, n);
         pthread_mutex_unlock(&d->lock);
 }
 
@@ -197,6 +236,18 @@ ClientFrame *fake_daemon_last(FakeDaemon *d, int body_case) {
         pthread_mutex_lock(&d->lock);
         if (d->last[body_case])
                 f = cwsandboxd__v1__client_frame__unpack(NULL, d->last_len[body_case], d->last[body_case]);
+        pthread_mutex_unlock(&d->lock);
+        return f;
+}
+
+ClientFrame *fake_daemon_nth(FakeDaemon *d, int body_case, unsigned n) {
+        ClientFrame *f = NULL;
+
+        if (!body_kept(body_case))
+                return NULL;
+        pthread_mutex_lock(&d->lock);
+        if (n < d->n_kept[body_case])
+                f = cwsandboxd__v1__client_frame__unpack(NULL, d->kept[body_case][n].len, d->kept[body_case][n].data);
         pthread_mutex_unlock(&d->lock);
         return f;
 }
@@ -428,7 +479,12 @@ static void on_hello(FakeDaemon *d, FakeConn *c, const ClientFrame *f) {
         Cwsandboxd__V1__HelloReply hr = CWSANDBOXD__V1__HELLO_REPLY__INIT;
         DaemonFrame r = CWSANDBOXD__V1__DAEMON_FRAME__INIT;
 
-        if (d->opts.refuse_hello) {
+        bool refuse;
+
+        pthread_mutex_lock(&d->lock);
+        refuse = d->opts.refuse_hello || d->refuse_hello;
+        pthread_mutex_unlock(&d->lock);
+        if (refuse) {
                 send_error(c, 0, 9, NULL, "protocol version %u is not supported", f->hello->protocol_version);
                 c->broken = true;
                 return;
@@ -456,6 +512,14 @@ static void session_pb(Cwsandboxd__V1__Session *s, char *id, const char *name, b
         s->created = created;
 }
 
+/* The id of session @name: "ses-<name>", and "ses-<epoch>-<name>" after a restart that lost state. */
+static void session_id(const FakeDaemon *d, const char *name, char *buf, size_t size) {
+        if (d->epoch == 0)
+                (void)snprintf(buf, size, "ses-%s", name);
+        else
+                (void)snprintf(buf, size, "ses-%u-%s", d->epoch, name);
+}
+
 static void on_attach(FakeDaemon *d, FakeConn *c, const ClientFrame *f) {
         const Cwsandboxd__V1__AttachSessionRequest *req = f->attach_session;
         Cwsandboxd__V1__Session s;
@@ -466,7 +530,7 @@ static void on_attach(FakeDaemon *d, FakeConn *c, const ClientFrame *f) {
                 send_error(c, f->call_id, 7, "SESSION_OWNED", "session \"%s\" belongs to another user", req->name);
                 return;
         }
-        (void)snprintf(id, sizeof(id), "ses-%s", req->name);
+        session_id(d, req->name, id, sizeof(id));
         session_pb(&s, id, req->name, !session_seen(d, req->name));
         if (req->has_linger)
                 s.linger_seconds = req->linger_seconds;
@@ -476,23 +540,29 @@ static void on_attach(FakeDaemon *d, FakeConn *c, const ClientFrame *f) {
         send_final(c, f->call_id, &r);
 }
 
-static bool session_known(const char *id) {
-        return strncmp(id, "ses-", 4) == 0;
+/* Before any restart that lost state every "ses-" id is taken; after one, only ids of its epoch. */
+static bool session_known(const FakeDaemon *d, const char *id) {
+        char prefix[32];
+
+        if (d->epoch == 0)
+                return strncmp(id, "ses-", 4) == 0;
+        (void)snprintf(prefix, sizeof(prefix), "ses-%u-", d->epoch);
+        return strncmp(id, prefix, strlen(prefix)) == 0;
 }
 
-static void on_detach(FakeConn *c, const ClientFrame *f) {
-        if (!session_known(f->detach_session->session_id))
+static void on_detach(FakeDaemon *d, FakeConn *c, const ClientFrame *f) {
+        if (!session_known(d, f->detach_session->session_id))
                 send_error(c, f->call_id, 5, NULL, "no session %s", f->detach_session->session_id);
         else
                 send_empty_final(c, f->call_id);
 }
 
-static void on_close_session(FakeConn *c, const ClientFrame *f) {
+static void on_close_session(FakeDaemon *d, FakeConn *c, const ClientFrame *f) {
         Cwsandboxd__V1__CloseSessionReply cr = CWSANDBOXD__V1__CLOSE_SESSION_REPLY__INIT;
         Cwsandboxd__V1__Error e = CWSANDBOXD__V1__ERROR__INIT, *failures[] = { &e };
         DaemonFrame r = CWSANDBOXD__V1__DAEMON_FRAME__INIT;
 
-        if (!session_known(f->close_session->session_id)) {
+        if (!session_known(d, f->close_session->session_id)) {
                 send_error(c, f->call_id, 5, NULL, "no session %s", f->close_session->session_id);
                 return;
         }
@@ -521,7 +591,7 @@ static void on_list_sessions(FakeDaemon *d, FakeConn *c, const ClientFrame *f) {
                 goto out;
         }
         for (size_t i = 0; i < d->n_sessions; i++) {
-                (void)snprintf(ids[i], sizeof(ids[i]), "ses-%s", d->sessions[i]);
+                session_id(d, d->sessions[i], ids[i], sizeof(ids[i]));
                 session_pb(&v[i], ids[i], d->sessions[i], false);
                 ptrs[i] = &v[i];
         }
@@ -543,7 +613,7 @@ static void on_create(FakeDaemon *d, FakeConn *c, const ClientFrame *f) {
         SandboxInfo s;
         char handle[32], sandbox_id[32];
 
-        if (!session_known(req->session_id)) {
+        if (!session_known(d, req->session_id)) {
                 send_error(c, f->call_id, 5, NULL, "no session %s", req->session_id);
                 return;
         }
@@ -1092,8 +1162,8 @@ static void on_request(FakeDaemon *d, FakeConn *c, const ClientFrame *f) {
         switch (f->body_case) {
         case BODY(HELLO):               send_error(c, f->call_id, 3, NULL, "Hello was already received"); break;
         case BODY(ATTACH_SESSION):      on_attach(d, c, f); break;
-        case BODY(DETACH_SESSION):      on_detach(c, f); break;
-        case BODY(CLOSE_SESSION):       on_close_session(c, f); break;
+        case BODY(DETACH_SESSION):      on_detach(d, c, f); break;
+        case BODY(CLOSE_SESSION):       on_close_session(d, c, f); break;
         case BODY(LIST_SESSIONS):       on_list_sessions(d, c, f); break;
         case BODY(CREATE_SANDBOX):      on_create(d, c, f); break;
         case BODY(START_SANDBOX):       on_start(c, f); break;
@@ -1191,9 +1261,22 @@ static void accept_one(FakeDaemon *d) {
 
 /* ---- the thread --------------------------------------------------------------------------- */
 
+static int bind_listen(FakeDaemon *d);
+
+/* As a daemon that starts again without its state: sessions are new, with new ids. */
+static void forget_sessions(FakeDaemon *d) {
+        for (size_t i = 0; i < d->n_sessions; i++)
+                free(d->sessions[i]);
+        free(d->sessions);
+        d->sessions = NULL;
+        d->n_sessions = 0;
+        d->epoch++;
+}
+
 /* Returns false when asked to stop. */
 static bool run_command(FakeDaemon *d) {
         char drain[16];
+        int result = 0;
         Command cmd;
 
         while (read(d->wake[0], drain, sizeof(drain)) < 0 && errno == EINTR)
@@ -1207,7 +1290,7 @@ static bool run_command(FakeDaemon *d) {
 
                 if (c->fd < 0)
                         continue;
-                if (cmd == CMD_DROP || cmd == CMD_STOP)
+                if (cmd == CMD_DROP || cmd == CMD_DOWN || cmd == CMD_STOP)
                         conn_close(d, c);
                 else if (cmd == CMD_SHUT_READ) {
                         /* Not polled any more: the EOF this makes must not close it. */
@@ -1215,7 +1298,17 @@ static bool run_command(FakeDaemon *d) {
                         c->shut = true;
                 }
         }
+        if (cmd == CMD_DOWN) {
+                closep(&d->listen_fd);
+                d->listen_fd = -1;
+                (void)unlink(d->path);
+        }
+        if (cmd == CMD_UP_FRESH)
+                forget_sessions(d);
+        if ((cmd == CMD_UP || cmd == CMD_UP_FRESH) && d->listen_fd < 0)
+                result = bind_listen(d);
         pthread_mutex_lock(&d->lock);
+        d->command_result = result;
         d->done_seq = d->command_seq;
         pthread_cond_broadcast(&d->cond);
         pthread_mutex_unlock(&d->lock);
@@ -1254,8 +1347,9 @@ static void *fake_thread(void *userdata) {
         return NULL;
 }
 
-static void command(FakeDaemon *d, Command cmd) {
+static int command(FakeDaemon *d, Command cmd) {
         unsigned seq;
+        int r;
 
         pthread_mutex_lock(&d->lock);
         d->command = cmd;
@@ -1266,37 +1360,60 @@ static void command(FakeDaemon *d, Command cmd) {
         pthread_mutex_lock(&d->lock);
         while (d->done_seq < seq)
                 pthread_cond_wait(&d->cond, &d->lock);
+        r = d->command_result;
         pthread_mutex_unlock(&d->lock);
+        return r;
 }
 
 void fake_daemon_drop(FakeDaemon *d) {
-        command(d, CMD_DROP);
+        (void)command(d, CMD_DROP);
 }
 
 void fake_daemon_shut_read(FakeDaemon *d) {
-        command(d, CMD_SHUT_READ);
+        (void)command(d, CMD_SHUT_READ);
+}
+
+void fake_daemon_down(FakeDaemon *d) {
+        (void)command(d, CMD_DOWN);
+}
+
+int fake_daemon_up(FakeDaemon *d, bool lose_state) {
+        return command(d, lose_state ? CMD_UP_FRESH : CMD_UP);
+}
+
+void fake_daemon_refuse_hello(FakeDaemon *d, bool refuse) {
+        pthread_mutex_lock(&d->lock);
+        d->refuse_hello = refuse;
+        pthread_mutex_unlock(&d->lock);
 }
 
 /* ---- start and stop ----------------------------------------------------------------------- */
 
-static int listen_on(FakeDaemon *d) {
+/* Listen on d->path: at the start, and again after fake_daemon_down(). */
+static int bind_listen(FakeDaemon *d) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        _cleanup_close_ int fd = -1;
 
+        if (strlen(d->path) >= sizeof(sa.sun_path))
+                return -ENAMETOOLONG;
+        memcpy(sa.sun_path, d->path, strlen(d->path) + 1);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+        if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 64) < 0)
+                return -errno;
+        d->listen_fd = TAKE_FD(fd);
+        return 0;
+}
+
+static int listen_on(FakeDaemon *d) {
         (void)snprintf(d->dir, sizeof(d->dir), "/tmp/cws-fake-XXXXXX");
         if (!mkdtemp(d->dir)) {
                 d->dir[0] = 0;
                 return -errno;
         }
         (void)snprintf(d->path, sizeof(d->path), "%s/cwsandboxd.sock", d->dir);
-        if (strlen(d->path) >= sizeof(sa.sun_path))
-                return -ENAMETOOLONG;
-        memcpy(sa.sun_path, d->path, strlen(d->path) + 1);
-        d->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (d->listen_fd < 0)
-                return -errno;
-        if (bind(d->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(d->listen_fd, 64) < 0)
-                return -errno;
-        return 0;
+        return bind_listen(d);
 }
 
 int fake_daemon_start(const FakeDaemonOpts *o, FakeDaemon **ret) {
@@ -1371,8 +1488,12 @@ FakeDaemon *fake_daemon_free(FakeDaemon *d) {
         for (size_t i = 0; i < d->n_sessions; i++)
                 free(d->sessions[i]);
         free(d->sessions);
-        for (size_t i = 0; i < FAKE_BODY_MAX; i++)
+        for (size_t i = 0; i < FAKE_BODY_MAX; i++) {
                 free(d->last[i]);
+                for (size_t k = 0; k < d->n_kept[i]; k++)
+                        free(d->kept[i][k].data);
+                free(d->kept[i]);
+        }
         pthread_mutex_destroy(&d->lock);
         pthread_cond_destroy(&d->cond);
         free(d);

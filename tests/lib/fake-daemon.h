@@ -8,7 +8,10 @@
  *
  * Canned behaviour (see fake-daemon.c for the exact replies):
  *  - attach "refuse": PERMISSION_DENIED; any other name is a session
- *    "ses-<name>", created by the first attach;
+ *    "ses-<name>", created by the first attach; after a restart that lost
+ *    the state (fake_daemon_up() with lose_state, the n-th such) sessions
+ *    are created again and called "ses-<n>-<name>", and requests naming a
+ *    session id of an earlier epoch get NOT_FOUND;
  *  - sandbox id "missing": NOT_FOUND with reason CWSANDBOX_SANDBOX_NOT_FOUND
  *    (stop with missing_ok: a reply without sandbox); wait on "never": no
  *    answer until cancelled or the connection ends;
@@ -91,6 +94,29 @@ const char *fake_daemon_socket(const FakeDaemon *d);
 void fake_daemon_drop(FakeDaemon *d);
 
 /**
+ * fake_daemon_down() - as a daemon that exits: close every client
+ * connection and stop listening (the socket file is removed), so
+ * connects fail until fake_daemon_up(). Returns once done.
+ */
+void fake_daemon_down(FakeDaemon *d);
+
+/**
+ * fake_daemon_up() - listen on the same path again after fake_daemon_down()
+ * (with the listener still there, it only applies @lose_state).
+ * @lose_state: as a daemon that restarts without its state: every session
+ *              is forgotten and comes back with a new id when attached.
+ *
+ * Returns 0 or a negative errno.
+ */
+int fake_daemon_up(FakeDaemon *d, bool lose_state);
+
+/**
+ * fake_daemon_refuse_hello() - answer every later Hello as refuse_hello does
+ * (a connection-level FAILED_PRECONDITION, then hang up), or stop doing so.
+ */
+void fake_daemon_refuse_hello(FakeDaemon *d, bool refuse);
+
+/**
  * fake_daemon_shut_read() - stop reading every client connection
  * (shutdown(SHUT_RD)): the clients' next writes fail with EPIPE while their
  * reads still work. Returns once done.
@@ -121,3 +147,11 @@ unsigned fake_daemon_requests(FakeDaemon *d, int body_case);
  * if none came. Free it with cwsandboxd__v1__client_frame__free_unpacked().
  */
 Cwsandboxd__V1__ClientFrame *fake_daemon_last(FakeDaemon *d, int body_case);
+
+/**
+ * fake_daemon_nth() - a copy of the @n-th request (from 0, in the order
+ * received) with @body_case, or NULL. Kept for Hello, AttachSession,
+ * DetachSession and CloseSession only; fake_daemon_requests() counts them.
+ * Free it with cwsandboxd__v1__client_frame__free_unpacked().
+ */
+Cwsandboxd__V1__ClientFrame *fake_daemon_nth(FakeDaemon *d, int body_case, unsigned n);
