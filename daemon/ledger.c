@@ -138,8 +138,7 @@ static int fold_apply(Fold *f, LedgerRecord *rec) {
         default:
                 break;
         }
-        /* A taken submessage leaves a NULL the free below skips. */
-        rec->op_case = OP(_NOT_SET);
+        /* A taken submessage leaves a NULL, which the caller's free skips. */
         return 0;
 }
 
