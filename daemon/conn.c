@@ -10,7 +10,16 @@
  * cancel to every call not cancelled yet and, after the cancels, the
  * conn_gone callback (so handlers may still use conn_get_data() in cancel).
  * conn_gone runs only for connections that completed Hello: no other can
- * have made a call.
+ * have made a call. server_close() uses a slower first step: the flags, then
+ * uv_shutdown(), so that what is queued is written before uv_close() (the
+ * flush timer in server.c bounds the wait for a peer that does not read).
+ *
+ * A call is detached by setting conn_gone: from then on it is not found by
+ * id, gets no drain, and call_send()/call_finish() send nothing. That
+ * happens to every call when its connection goes, and to the calls still in
+ * flight when a drain runs out of time, on a connection that stays open:
+ * those get their final error frame first. While the server drains, a new
+ * request is answered with UNAVAILABLE instead of being dispatched.
  *
  * Walks over a connection's calls that call into the layer above (cancel,
  * drain) keep a cursor on the connection; unlinking a call advances every
@@ -61,9 +70,15 @@ static void client_name_copy(char *dst, size_t size, const char *src) {
 
 /* ---- calls of a connection ------------------------------------------------------- */
 
+/* Open, and not yet told to go: requests and replies still flow. */
+static bool conn_alive(const Conn *c) {
+        return c->phase == CONN_PHASE_HELLO || c->phase == CONN_PHASE_READY;
+}
+
+/* The call in flight with @id; detached calls keep their id but are not in flight. */
 static Call *conn_find_call(const Conn *c, uint64_t id) {
         for (Call *call = c->calls; call; call = call->next_in_conn)
-                if (call->id == id)
+                if (call->id == id && !call->conn_gone)
                         return call;
         return NULL;
 }
@@ -76,6 +91,19 @@ static void conn_link_call(Conn *c, Call *call) {
         c->calls = call;
         c->n_calls++;
         c->refs++;
+        c->server->n_calls++;
+}
+
+/* No longer in flight: nothing more reaches the client. Idempotent. */
+static void call_detach(Call *call) {
+        Server *s;
+
+        if (call->conn_gone)
+                return;
+        s = call->conn->server;
+        call->conn_gone = true;
+        s->n_calls--;
+        server_calls_ended(s);
 }
 
 static void conn_unlink_call(Conn *c, Call *call) {
@@ -117,6 +145,7 @@ static void conn_unref(Conn *c) {
 static void call_free(Call *call) {
         Conn *c = call->conn;
 
+        call_detach(call);
         conn_unlink_call(c, call);
         free(call);
         conn_unref(c);
@@ -131,9 +160,9 @@ static void conn_drain_calls(Conn *c) {
         Call *call;
 
         c->cursors = &cur;
-        while (!c->full && c->phase != CONN_PHASE_CLOSING && (call = cur.next)) {
+        while (!c->full && conn_alive(c) && (call = cur.next)) {
                 cur.next = call->next_in_conn;
-                if (call->ops && call->ops->drain)
+                if (!call->conn_gone && call->ops && call->ops->drain)
                         call->ops->drain(call);
         }
         c->cursors = cur.up;
@@ -157,7 +186,7 @@ static void conn_on_write(uv_write_t *req, int status) {
                 return;
         }
 
-        if (c->full && c->queued < SERVER_WRITE_HIGH_WATER / 2 && c->phase != CONN_PHASE_CLOSING) {
+        if (c->full && c->queued < SERVER_WRITE_HIGH_WATER / 2 && conn_alive(c)) {
                 c->full = false;
                 conn_drain_calls(c);
                 if (!c->full)
@@ -176,7 +205,7 @@ static int conn_queue(Conn *c, const DaemonFrame *f) {
         size_t len;
         int r;
 
-        if (c->phase == CONN_PHASE_CLOSING)
+        if (!conn_alive(c))
                 return -EPIPE;
 
         len = cwsandboxd__v1__daemon_frame__get_packed_size(f);
@@ -298,6 +327,23 @@ static void conn_on_close(uv_handle_t *h) {
         server_maybe_done(s);
 }
 
+/* The flags of a connection that goes: not counted, calls detached, no reading. */
+static void conn_retire(Conn *c) {
+        if (!conn_alive(c))
+                return;
+        c->phase = CONN_PHASE_FLUSHING;
+        if (c->counted) {
+                c->counted = false;
+                c->server->n_conns--;
+        }
+        for (Call *call = c->calls; call; call = call->next_in_conn)
+                call_detach(call);
+        if (c->reading) {
+                (void)uv_read_stop((uv_stream_t *)&c->pipe);
+                c->reading = false;
+        }
+}
+
 /*
  * End the connection: flags now, callbacks of the layer above from the
  * close callback. Frames queued so far have been offered to the kernel by
@@ -307,19 +353,65 @@ static void conn_on_close(uv_handle_t *h) {
 void conn_disconnect(Conn *c) {
         if (c->phase == CONN_PHASE_CLOSING)
                 return;
+        conn_retire(c);
         c->phase = CONN_PHASE_CLOSING;
-        if (c->counted) {
-                c->counted = false;
-                c->server->n_conns--;
-        }
-        for (Call *call = c->calls; call; call = call->next_in_conn)
-                call->conn_gone = true;
-        if (c->reading) {
-                (void)uv_read_stop((uv_stream_t *)&c->pipe);
-                c->reading = false;
-        }
         log_debug(CONN_FMT ": disconnected", CONN_ARGS(c));
         uv_close((uv_handle_t *)&c->pipe, conn_on_close);
+}
+
+/* Everything queued is written (or the socket is being closed: ECANCELED). */
+static void conn_on_shutdown(uv_shutdown_t *req, int status) {
+        Conn *c = container_of(req, Conn, shutdown);
+        Server *s = c->server;
+
+        if (status < 0 && status != UV_ECANCELED)
+                log_debug(CONN_FMT ": flushing failed: %s", CONN_ARGS(c), uv_strerror(status));
+        conn_disconnect(c);
+        server_flush_ended(s);
+}
+
+void conn_close_flushed(Conn *c) {
+        int r;
+
+        if (!conn_alive(c))
+                return;
+        conn_retire(c);
+        if (c->queued == 0) {
+                conn_disconnect(c);
+                return;
+        }
+        /* uv_shutdown() reports after every write queued before it. */
+        r = uv_shutdown(&c->shutdown, (uv_stream_t *)&c->pipe, conn_on_shutdown);
+        if (r < 0) {
+                log_debug(CONN_FMT ": cannot flush: %s", CONN_ARGS(c), uv_strerror(r));
+                conn_disconnect(c);
+                return;
+        }
+        c->server->n_flushing++;
+        log_debug(CONN_FMT ": writing out %zu bytes before closing", CONN_ARGS(c), c->queued);
+}
+
+void conn_end_calls(Conn *c, const char *message) {
+        if (!conn_alive(c))
+                return;
+        /* A failed write may close the connection meanwhile: the walk then
+         * only detaches (conn_send_error() is a no-op once it is closing). */
+        for (Call *call = c->calls; call; call = call->next_in_conn) {
+                if (call->conn_gone)
+                        continue;
+                log_debug(CONN_FMT ": call %" PRIu64 ": %s", CONN_ARGS(c), call->id, message);
+                conn_send_error(c, call->id, GRPC_STATUS_UNAVAILABLE, message);
+                call_detach(call);
+        }
+}
+
+void conn_expire_calls(Conn *c, const char *message) {
+        if (!conn_alive(c))
+                return;
+        conn_end_calls(c, message);
+        /* A connection that closed meanwhile cancels from its close callback. */
+        if (conn_alive(c))
+                conn_cancel_calls(c);
 }
 
 /* ---- frames from the client ----------------------------------------------------------- */
@@ -368,6 +460,11 @@ static void conn_new_call(Conn *c, const ClientFrame *f) {
         if (conn_find_call(c, f->call_id)) {
                 conn_reject(c, f->call_id, GRPC_STATUS_INVALID_ARGUMENT,
                             "call id %" PRIu64 " is already in flight", f->call_id);
+                return;
+        }
+        if (c->server->draining) {
+                log_debug(CONN_FMT ": call %" PRIu64 ": refused, shutting down", CONN_ARGS(c), f->call_id);
+                conn_send_error(c, f->call_id, GRPC_STATUS_UNAVAILABLE, SERVER_DRAINING_MESSAGE);
                 return;
         }
         if (c->n_calls >= SERVER_CALLS_MAX) {
@@ -475,7 +572,7 @@ static void conn_too_large(Conn *c, uint32_t len) {
 }
 
 static void conn_process_frames(Conn *c) {
-        while (c->phase != CONN_PHASE_CLOSING) {
+        while (conn_alive(c)) {
                 uint32_t announced = conn_next_length(&c->decoder, NULL, 0);
                 const uint8_t *payload;
                 ClientFrame *f;
@@ -540,7 +637,7 @@ static void conn_on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf
 static void conn_read_resume(Conn *c) {
         int r;
 
-        if (c->reading || c->phase == CONN_PHASE_CLOSING)
+        if (c->reading || !conn_alive(c))
                 return;
         r = uv_read_start((uv_stream_t *)&c->pipe, conn_on_alloc, conn_on_read);
         if (r < 0) {
@@ -550,6 +647,7 @@ static void conn_read_resume(Conn *c) {
         }
         c->reading = true;
 }
+
 /* ---- accepting ------------------------------------------------------------------------ */
 
 int conn_new(Server *s, Conn **ret) {
@@ -609,7 +707,7 @@ void conn_set_data(Conn *c, void *data) {
 }
 
 bool conn_writable(const Conn *c) {
-        return c->phase != CONN_PHASE_CLOSING && !c->full;
+        return conn_alive(c) && !c->full;
 }
 
 /* ---- calls ------------------------------------------------------------------------------ */

@@ -664,7 +664,8 @@ static void handle_created(void *userdata, const Status *st, ProtobufCMessage *r
 }
 
 static void send_create(Handle *h) {
-        if (h->sandbox_id || h->create_call || h->cancelled || !h->create_request || h->manager->stopping)
+        /* Calls in flight may still create while the daemon drains (stage 1), not after. */
+        if (h->sandbox_id || h->create_call || h->cancelled || !h->create_request || h->manager->stop_stage > 1)
                 return;
         h->create_sent_ms = manager_now_ms(h->manager);
         h->create_call = backend_call(h->manager->backend, BACKEND_CREATE_SANDBOX,

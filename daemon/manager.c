@@ -240,8 +240,9 @@ static void cq_closed(CqLoop *cq) {
 }
 
 /*
- * Each stage starts when the previous has reported: calls drain and
- * connections close; with stop_on_shutdown every session closes; the
+ * Each stage starts when the previous has reported: calls in flight drain
+ * (bounded by drain_timeout_seconds), then connections close (their queued
+ * output flushed); with stop_on_shutdown every session closes; the
  * ledger takes the state and the tracker, reaper and sessions go; then the
  * backend's calls, the child and the completion queue.
  */
@@ -252,17 +253,23 @@ static void stop_step(Manager *m) {
         case 0:
                 if (m->server) {
                         m->stop_pending++;
-                        server_close(m->server, step_done, m);
+                        server_drain(m->server, m->config->drain_timeout_seconds * 1000, step_done, m);
                 }
                 break;
         case 1:
+                if (m->server) {
+                        m->stop_pending++;
+                        server_close(m->server, step_done, m);
+                }
+                break;
+        case 2:
                 if (m->config->stop_on_shutdown && m->backend) {
                         log_info("stop_on_shutdown: stopping every sandbox");
                         m->stop_pending++;
                         session_close_all(m, step_done, m);
                 }
                 break;
-        case 2:
+        case 3:
                 m->stop_pending += 2;
                 tracker_close(&m->tracker, tracker_closed);
                 reaper_close(&m->reaper, step_done, m);
@@ -272,19 +279,19 @@ static void stop_step(Manager *m) {
                 }
                 session_free_all(m);
                 break;
-        case 3:
+        case 4:
                 if (m->backend) {
                         m->stop_pending++;
                         backend_shutdown(m->backend, step_done, m);
                 }
                 break;
-        case 4:
+        case 5:
                 if (m->local) {
                         m->stop_pending++;
                         local_child_stop(m->local, step_done, m);
                 }
                 break;
-        case 5:
+        case 6:
                 m->stop_pending++;
                 cq_loop_shutdown(&m->cq, cq_closed);
                 break;

@@ -4,9 +4,14 @@
  * Binds the socket file (replacing a stale one, never a live one) or adopts
  * an inherited listener, accepts connections, reads each peer's credentials
  * and applies the connection limits before a connection may send anything.
- * What a connection does afterwards is conn.c's business. Shutdown closes
- * the listener and every connection and reports when the last handle is
- * closed.
+ * What a connection does afterwards is conn.c's business.
+ *
+ * Shutdown has two steps. A drain stops accepting and new requests, and
+ * reports once the calls in flight have ended, or ends them itself when its
+ * time is up; its reports come from its timer, so the layer above never
+ * sees one inside its own call. Closing then lets every connection write
+ * out what it holds, for at most SERVER_CLOSE_FLUSH_MS, closes them and
+ * reports when the last handle is closed.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -45,6 +50,114 @@ void server_maybe_done(Server *s) {
         done = s->done;
         s->done = NULL;
         done(s->done_userdata);
+}
+
+/* ---- draining -------------------------------------------------------------------------- */
+
+static void server_on_drain_timer_close(uv_handle_t *h) {
+        Server *s = container_of((uv_timer_t *)h, Server, drain_timer);
+        void (*done)(void *userdata) = s->drain_done;
+
+        /* Still set only when server_close() cut the drain short. */
+        s->drain_done = NULL;
+        s->n_handles--;
+        if (done)
+                done(s->drain_userdata);
+        server_maybe_done(s);
+}
+
+static void server_drain_close_timer(Server *s) {
+        s->drain_timer_open = false;
+        uv_close((uv_handle_t *)&s->drain_timer, server_on_drain_timer_close);
+}
+
+/* Every call in flight has ended, or the time is up. */
+static void server_on_drain_timer(uv_timer_t *t) {
+        Server *s = container_of(t, Server, drain_timer);
+        void (*done)(void *userdata);
+
+        if (s->n_calls > 0) {
+                log_warning("%u calls still in flight at the end of the drain; ending them", s->n_calls);
+                /* Cancel hooks may end calls anywhere, but connections leave
+                 * the list only in close callbacks, never during this walk. */
+                for (Conn *c = s->conns; c; c = c->next)
+                        conn_expire_calls(c, SERVER_DRAIN_EXPIRED_MESSAGE);
+                /* A cancel hook may have closed the server. */
+                if (!s->drain_timer_open)
+                        return;
+        } else
+                log_info("drained: no call in flight");
+
+        done = s->drain_done;
+        s->drain_done = NULL;
+        server_drain_close_timer(s);
+        if (done)
+                done(s->drain_userdata);
+}
+
+void server_calls_ended(Server *s) {
+        if (s->n_calls == 0 && s->drain_timer_open && !s->closing)
+                (void)uv_timer_start(&s->drain_timer, server_on_drain_timer, 0, 0);
+}
+
+void server_drain(Server *s, uint64_t timeout_ms, void (*done)(void *userdata), void *userdata) {
+        if (s->draining || s->closing)
+                return;
+        s->draining = true;
+        server_stop_accepting(s);
+
+        (void)uv_timer_init(s->loop, &s->drain_timer);
+        s->drain_timer_open = true;
+        s->n_handles++;
+        s->drain_done = done;
+        s->drain_userdata = userdata;
+        log_info("draining: %u calls in flight on %u connections, waiting up to %" PRIu64 " ms",
+                 s->n_calls, s->n_conns, timeout_ms);
+        (void)uv_timer_start(&s->drain_timer, server_on_drain_timer, s->n_calls > 0 ? timeout_ms : 0, 0);
+}
+
+unsigned server_calls_in_flight(const Server *s) {
+        return s->n_calls;
+}
+
+/* ---- closing ---------------------------------------------------------------------------- */
+
+static void server_on_flush_timer_close(uv_handle_t *h) {
+        Server *s = container_of((uv_timer_t *)h, Server, flush_timer);
+
+        s->n_handles--;
+        server_maybe_done(s);
+}
+
+static void server_flush_close_timer(Server *s) {
+        if (!s->flush_timer_open)
+                return;
+        s->flush_timer_open = false;
+        uv_close((uv_handle_t *)&s->flush_timer, server_on_flush_timer_close);
+}
+
+/* Peers that still have not taken their output lose it. */
+static void server_on_flush_timer(uv_timer_t *t) {
+        Server *s = container_of(t, Server, flush_timer);
+
+        log_warning("%u connections did not take their output within %u ms; closing them",
+                    s->n_flushing, SERVER_CLOSE_FLUSH_MS);
+        for (Conn *c = s->conns; c; c = c->next)
+                conn_disconnect(c);
+        server_flush_close_timer(s);
+}
+
+void server_flush_ended(Server *s) {
+        s->n_flushing--;
+        if (s->n_flushing == 0)
+                server_flush_close_timer(s);
+}
+
+static void server_flush_start_timer(Server *s) {
+        (void)uv_timer_init(s->loop, &s->flush_timer);
+        s->flush_timer_open = true;
+        s->n_handles++;
+        (void)uv_timer_start(&s->flush_timer, server_on_flush_timer, SERVER_CLOSE_FLUSH_MS, 0);
 }
 
 /* ---- accepting -------------------------------------------------------------------------- */
@@ -281,9 +394,19 @@ void server_close(Server *s, void (*done)(void *userdata), void *userdata) {
         s->done = done;
         s->done_userdata = userdata;
         server_stop_accepting(s);
-        /* conn_disconnect() leaves the list alone until the close callbacks. */
+        if (s->drain_timer_open) {
+                /* A drain cut short: its calls end as at its timeout, their
+                 * cancel comes from the close callbacks; the timer's close
+                 * callback reports the drain. */
+                for (Conn *c = s->conns; c; c = c->next)
+                        conn_end_calls(c, SERVER_DRAIN_EXPIRED_MESSAGE);
+                server_drain_close_timer(s);
+        }
+        /* Closing leaves the list alone until the close callbacks. */
         for (Conn *c = s->conns; c; c = c->next)
-                conn_disconnect(c);
+                conn_close_flushed(c);
+        if (s->n_flushing > 0 && !s->flush_timer_open)
+                server_flush_start_timer(s);
         /* With nothing open, done runs now. */
         server_maybe_done(s);
 }

@@ -14,6 +14,11 @@
  * RESOURCE_EXHAUSTED. Output to a client that does not read is bounded: a
  * connection holding more than SERVER_WRITE_HIGH_WATER bytes unsent reports
  * itself full (conn_writable()) and streaming calls wait for conn_on_drain().
+ *
+ * Shutdown: server_drain() lets the calls in flight end while new requests
+ * are refused with a retryable UNAVAILABLE, and ends the calls that outlast
+ * its timeout with one; server_close() then writes out what each connection
+ * holds (for at most SERVER_CLOSE_FLUSH_MS) before closing it.
  */
 #pragma once
 
@@ -28,6 +33,8 @@
 
 #define SERVER_PROTOCOL_VERSION         1
 #define SERVER_WRITE_HIGH_WATER         (4u * 1024 * 1024)
+/* How long server_close() waits for a peer to take the output queued for it. */
+#define SERVER_CLOSE_FLUSH_MS           2000u
 
 typedef struct Server Server;
 typedef struct Conn Conn;
@@ -43,9 +50,11 @@ typedef struct CallOps {
         /* A Credit frame: @bytes more of stream data may be sent. */
         void (*credit)(Call *call, uint32_t bytes);
         /*
-         * The client sent Cancel, or the connection is gone (call->conn_gone).
-         * The call must still end with call_finish()/call_fail(), now or
-         * later; after the connection is gone those only free it.
+         * The client sent Cancel, or the call was detached (call->conn_gone):
+         * its connection is gone, or a drain ran out of time and the client
+         * already has the call's final frame. The call must still end with
+         * call_finish()/call_fail(), now or later; once detached those only
+         * free it.
          */
         void (*cancel)(Call *call);
         /* The connection has room for output again (see conn_writable()). */
@@ -58,7 +67,7 @@ struct Call {
         const CallOps *ops;     /* NULL = a call that takes no stream data */
         void *userdata;
         bool cancelled;         /* cancel was delivered */
-        bool conn_gone;
+        bool conn_gone;         /* detached: nothing more reaches the client */
         /* private */
         Call *next_in_conn, *prev_in_conn;
 };
@@ -109,13 +118,48 @@ int server_new(uv_loop_t *loop, const ServerOptions *opts, Server **ret);
 void server_stop_accepting(Server *s);
 
 /**
- * server_close() - close every connection (their calls get cancel) and the
- * listener; @done runs once every handle is closed. Then server_free().
+ * server_drain() - let the calls in flight end and take no new ones, for
+ * SIGTERM.
+ * @timeout_ms: how long the calls in flight may take.
+ * @done:       runs once, from the loop and never inside this function, when
+ *              no call is in flight on any connection; may be NULL.
+ *
+ * Stops accepting, as server_stop_accepting(). Connections stay open. From
+ * now on a request on any connection is answered at once with a final
+ * UNAVAILABLE error, retryable ("cwsandboxd is shutting down"), and never
+ * reaches dispatch; Hello is still answered, and stream data, credit and
+ * cancel still reach the calls in flight, which end as usual.
+ *
+ * If @timeout_ms passes first, each call still in flight gets a final
+ * UNAVAILABLE error, retryable, is detached (conn_gone: its handler's later
+ * call_finish()/call_fail() only free it) and gets cancel, unless it had it
+ * already; then @done runs. Its connection stays open until server_close(),
+ * which writes out those frames.
+ *
+ * server_close() during a drain ends it as the timeout would, except that
+ * cancel comes as server_close() gives it; @done then runs before
+ * server_close()'s. A second call, or one after server_close(), does
+ * nothing, and its @done never runs.
+ */
+void server_drain(Server *s, uint64_t timeout_ms, void (*done)(void *userdata), void *userdata);
+
+/**
+ * server_close() - stop accepting, close every connection and report.
+ * @done: runs once every handle is closed; then server_free().
+ *
+ * The calls in flight are detached at once and get cancel when their
+ * connection's socket closes (a drain in progress first ends them, see
+ * server_drain()). Nothing more is read; what is already queued for a
+ * connection is written out before its socket closes, for at most
+ * SERVER_CLOSE_FLUSH_MS, after which a peer that does not read loses it.
  */
 void server_close(Server *s, void (*done)(void *userdata), void *userdata);
 void server_free(Server *s);
 
 unsigned server_connections(const Server *s);
+
+/* Calls dispatched and neither ended nor detached: the ones a drain waits for. */
+unsigned server_calls_in_flight(const Server *s);
 
 /* ---- connections ----------------------------------------------------------------- */
 

@@ -407,6 +407,80 @@ static void test_stop_on_shutdown(void) {
         daemon_proc_free(d);
 }
 
+/* A buffered exec of `sh -c @script` sent without waiting for its reply. */
+static void send_exec(FrameClient *c, const char *id, const char *script) {
+        Cwsandboxd__V1__ClientFrame f = CWSANDBOXD__V1__CLIENT_FRAME__INIT;
+        Cwsandboxd__V1__ExecRequest req = CWSANDBOXD__V1__EXEC_REQUEST__INIT;
+        char *argv[] = { (char *)"sh", (char *)"-c", (char *)script };
+        DcError err = { 0 };
+
+        req.sandbox_id = (char *)id;
+        req.command = argv;
+        req.n_command = 3;
+        req.buffered = true;
+        f.body_case = CWSANDBOXD__V1__CLIENT_FRAME__BODY_EXEC;
+        f.exec = &req;
+        if (dc_send(c, &f, &err) != 0)
+                bail_out("send exec: %s", err.message);
+}
+
+static void test_sigterm_drain(void) {
+        DaemonProc *d = restart_env_daemon(&env, REAP_S, (const char *const[]) { "--drain-timeout-seconds", "3", NULL });
+        FrameClient *c = client(d), *quick = client(d), *slow = client(d), *late = client(d);
+        _cleanup_free_ char *sid = NULL;
+        Cwsandboxd__V1__DaemonFrame *reply = NULL;
+        DcError err = { 0 };
+        DcInfo info;
+        int status = -1;
+
+        if (dc_attach(c, "drain", NULL, 30, &sid, NULL, &err) != 0)
+                bail_out("attach: %s", err.message);
+        make_running(c, sid, SCOPE(SESSION), &info);
+        send_exec(quick, info.handle_id, "sleep 1; echo done");
+        send_exec(slow, info.handle_id, "sleep 60");
+        /* A connection's frames are handled in order: a status answered after an exec means the exec is under way. */
+        if (dc_status(quick, &reply, &err) != 0 || (frame_client_frame_free(reply), dc_status(slow, &reply, &err)) != 0)
+                bail_out("status: %s", err.message);
+        frame_client_frame_free(reply);
+        reply = NULL;
+        daemon_proc_signal(d, SIGTERM);
+        /* Until the drain has begun, status still answers. */
+        for (int64_t end = test_mono_ms() + WAIT_MS; test_mono_ms() < end; test_sleep_ms(20)) {
+                err = (DcError) { 0 };
+                if (dc_status(late, &reply, &err) != 0)
+                        break;
+                frame_client_frame_free(reply);
+                reply = NULL;
+        }
+        frame_client_frame_free(reply);
+        reply = NULL;
+        is_int(err.code, GRPC_STATUS_UNAVAILABLE, "drain: a request during the drain: UNAVAILABLE");
+        ok(err.retryable, "drain: retryable (%s)", err.message);
+        err = (DcError) { 0 };
+        is_int(dc_recv_final(quick, WAIT_MS, &reply, &err), 0, "drain: an exec that ends within the drain finishes");
+        ok(reply && reply->body_case == CWSANDBOXD__V1__DAEMON_FRAME__BODY_EXEC_RESULT &&
+           reply->exec_result->exit_code == 0, "drain: with its exit status");
+        frame_client_frame_free(reply);
+        reply = NULL;
+        err = (DcError) { 0 };
+        is_int(dc_recv_final(slow, WAIT_MS, &reply, &err), GRPC_STATUS_UNAVAILABLE,
+               "drain: an exec still running at the drain timeout gets a final UNAVAILABLE");
+        ok(err.retryable, "drain: retryable (%s)", err.message);
+        frame_client_frame_free(reply);
+        is_int(daemon_proc_stop(d, WAIT_MS, &status), 0, "drain: the daemon exits");
+        ok(WIFEXITED(status) && WEXITSTATUS(status) == 0, "drain: exit status 0");
+        frame_client_free(quick);
+        frame_client_free(slow);
+        frame_client_free(late);
+        frame_client_free(c);
+        restart(d, "drain");
+        c = client(d);
+        is_int(dc_close_session(c, sid, NULL, NULL, &err), 0, "drain: the session is there after the restart");
+        is_int(restart_env_wait_live(&env, "cwsandboxd", 0, WAIT_MS), 0, "drain: nothing left");
+        frame_client_free(c);
+        daemon_proc_free(d);
+}
+
 int main(void) {
         signal(SIGPIPE, SIG_IGN);
         restart_env_start(&env);
@@ -418,6 +492,7 @@ int main(void) {
         test_clients_killed();
         test_sigterm_keeps();
         test_stop_on_shutdown();
+        test_sigterm_drain();
         restart_env_stop(&env);
         return done();
 }

@@ -5,10 +5,14 @@
  * answers a few bodies: status (with the peer's credentials), wait_sandbox
  * (held until a get_sandbox "release"), get_sandbox (errors), exec (a stream
  * of N output frames that honours credit and conn_writable()) and
- * list_sandboxes (a reply above the frame limit). A second thread plays the
+ * list_sandboxes (a reply above the frame limit); exec ["sticky"] is a call
+ * with a cancel hook that does not end it. A second thread plays the
  * clients with raw frames and blocking sockets, and runs code on the loop
  * thread through loop_call() whenever it needs to look at or change server
- * state, so every check is race-free without timing assumptions. Prints TAP.
+ * state, so every check is race-free without timing assumptions. The last
+ * scenarios shut a server down: server_drain() with calls that end in time
+ * and calls that do not, and server_close() with output still queued.
+ * Prints TAP.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -53,6 +57,9 @@ typedef struct TestServer {
         Server *server;
         bool open;              /* created and not yet closed down */
         bool closed;            /* server_close() finished */
+        unsigned closed_seq;
+        unsigned drained;       /* times server_drain()'s done ran */
+        unsigned drained_seq;
 } TestServer;
 
 /* What happened to a call, by call id (ids are unique across this test). */
@@ -84,6 +91,7 @@ static struct {
         char dir[64];
         TestServer main, limits, other;
         unsigned seq;
+        unsigned dispatched;                    /* requests that reached dispatch */
         Call *held[HELD_MAX];
         unsigned n_held;
         CallRecord rec[MAX_CALL_ID];
@@ -268,10 +276,29 @@ static void stream_pump(Stream *st) {
         }
 }
 
+/* A call that records cancel and stays held: it ends only when the test says. */
+static void sticky_cancel(Call *call) {
+        CallRecord *r = rec_of(call->id);
+
+        r->cancelled = true;
+        r->cancel_conn_gone = call->conn_gone;
+        r->cancel_seq = ++T.seq;
+}
+
+static const CallOps sticky_ops = {
+        .cancel = sticky_cancel,
+};
+
 /* exec ["stream", frames, size]: output frames of @size bytes, byte value = index. */
 static void stream_start(Call *call, const Cwsandboxd__V1__ExecRequest *req) {
         Stream *st;
 
+        if (req->n_command == 1 && streq(req->command[0], "sticky")) {
+                rec_of(call->id)->started = true;
+                call_set_ops(call, &sticky_ops, NULL);
+                hold(call);
+                return;
+        }
         if (req->n_command != 3 || strcmp(req->command[0], "stream") != 0) {
                 fail_call(call, GRPC_STATUS_INVALID_ARGUMENT, NULL, 0, NULL, "test: bad exec");
                 return;
@@ -313,6 +340,7 @@ static void reply_too_big(Call *call) {
 static void test_dispatch(void *userdata, Call *call, const ClientFrame *f) {
         TestServer *ts = userdata;
 
+        T.dispatched++;
         switch (f->body_case) {
         case CBODY(STATUS):
                 reply_status(ts, call);
@@ -459,6 +487,9 @@ static void do_server_new(void *arg) {
                 n->ts->server = s;
                 n->ts->open = true;
                 n->ts->closed = false;
+                n->ts->closed_seq = 0;
+                n->ts->drained = 0;
+                n->ts->drained_seq = 0;
         }
 }
 
@@ -473,6 +504,7 @@ static void on_server_closed(void *userdata) {
         TestServer *ts = userdata;
 
         ts->closed = true;
+        ts->closed_seq = ++T.seq;
 }
 
 static void do_server_close(void *arg) {
@@ -495,6 +527,68 @@ static bool server_stop(TestServer *ts) {
 
 static void do_stop_accepting(void *arg) {
         server_stop_accepting(((TestServer *)arg)->server);
+}
+
+static void on_drained(void *userdata) {
+        TestServer *ts = userdata;
+
+        ts->drained++;
+        ts->drained_seq = ++T.seq;
+}
+
+typedef struct DrainRun {
+        TestServer *ts;
+        uint64_t timeout_ms;
+        unsigned drained_at_return;     /* done runs so far, as server_drain() returns */
+        unsigned in_flight;
+} DrainRun;
+
+static void do_drain(void *arg) {
+        DrainRun *d = arg;
+
+        server_drain(d->ts->server, d->timeout_ms, on_drained, d->ts);
+        d->drained_at_return = d->ts->drained;
+        d->in_flight = server_calls_in_flight(d->ts->server);
+}
+
+static DrainRun drain(TestServer *ts, uint64_t timeout_ms) {
+        DrainRun d = { .ts = ts, .timeout_ms = timeout_ms };
+
+        loop_call(do_drain, &d);
+        return d;
+}
+
+static bool is_drained(const void *arg) {
+        return ((const TestServer *)arg)->drained > 0;
+}
+
+typedef struct ServerState {
+        const TestServer *ts;
+        unsigned in_flight, drained, dispatched;
+        unsigned drained_seq, closed_seq;
+} ServerState;
+
+static void do_server_state(void *arg) {
+        ServerState *st = arg;
+
+        st->in_flight = server_calls_in_flight(st->ts->server);
+        st->drained = st->ts->drained;
+        st->dispatched = T.dispatched;
+        st->drained_seq = st->ts->drained_seq;
+        st->closed_seq = st->ts->closed_seq;
+}
+
+static ServerState server_state(const TestServer *ts) {
+        ServerState st = { .ts = ts };
+
+        loop_call(do_server_state, &st);
+        return st;
+}
+
+static bool in_flight_is(const void *arg) {
+        const ServerState *want = arg;
+
+        return server_calls_in_flight(want->ts->server) == want->in_flight;
 }
 
 static bool conn_is_gone(const void *arg) {
@@ -567,6 +661,10 @@ static bool rec_stalled(const void *arg) {
 
 static bool rec_started(const void *arg) {
         return rec_of(*(const uint64_t *)arg)->started;
+}
+
+static bool rec_finished(const void *arg) {
+        return rec_of(*(const uint64_t *)arg)->finished;
 }
 
 /* ---- the client side --------------------------------------------------------------------- */
@@ -661,6 +759,20 @@ static int send_exec(FrameClient *c, uint64_t id, unsigned frames, unsigned size
         return send_frame(c, &f);
 }
 
+/* exec ["sticky"]: a call that ignores cancel and ends only when the test finishes it. */
+static int send_sticky(FrameClient *c, uint64_t id) {
+        Cwsandboxd__V1__ExecRequest req = CWSANDBOXD__V1__EXEC_REQUEST__INIT;
+        CFrame f = CWSANDBOXD__V1__CLIENT_FRAME__INIT;
+        char *argv[] = { (char *)"sticky" };
+
+        req.command = argv;
+        req.n_command = 1;
+        f.call_id = id;
+        f.body_case = CBODY(EXEC);
+        f.exec = &req;
+        return send_frame(c, &f);
+}
+
 static int send_credit(FrameClient *c, uint64_t id, uint32_t bytes) {
         Cwsandboxd__V1__Credit cr = CWSANDBOXD__V1__CREDIT__INIT;
         CFrame f = CWSANDBOXD__V1__CLIENT_FRAME__INIT;
@@ -734,6 +846,17 @@ static bool is_error(const DFrame *f, uint64_t id, int code) {
         if (f->error->code != code)
                 diag("error %d (%s), want %d", f->error->code, f->error->message, code);
         return f->error->code == code;
+}
+
+/* A final UNAVAILABLE for @id, retryable, its message containing @words. */
+static bool is_unavailable(const DFrame *f, uint64_t id, const char *words) {
+        if (!is_error(f, id, GRPC_STATUS_UNAVAILABLE))
+                return false;
+        if (!f->error->retryable || !strstr(f->error->message, words)) {
+                diag("call %" PRIu64 ": retryable=%d message \"%s\"", id, f->error->retryable, f->error->message);
+                return false;
+        }
+        return true;
 }
 
 /* A status round trip: proves the connection works and that earlier frames were handled. */
@@ -1411,6 +1534,270 @@ static void test_server_close(const char *path) {
         frame_client_free(c);
 }
 
+/* ---- shutdown -------------------------------------------------------------------------------- */
+
+/* A drain with nothing in flight: it reports from the loop, and nothing listens any more. */
+static void test_drain_idle(void) {
+        FrameClient *c, *late = NULL;
+        struct stat st;
+        char path[128];
+        DrainRun d;
+        DFrame *f;
+        int r;
+
+        path_in_dir(path, sizeof(path), "idle.sock");
+        r = server_start(&T.other, path, -1, 0, 0);
+        is_int(r, 0, "a server to drain");
+        c = client_open(path, "idle");
+        ok(status_ok_on(c, 1), "with an idle connection");
+
+        d = drain(&T.other, WAIT_MS);
+        is_int(d.drained_at_return, 0, "server_drain() does not report from inside itself");
+        is_int(d.in_flight, 0, "server_calls_in_flight() with no call in flight");
+        ok(wait_until(is_drained, &T.other), "with no call in flight the drain reports at once");
+
+        r = frame_client_connect(path, &late);
+        ok(r < 0, "a connect attempt after the drain started is refused (%s)", r < 0 ? strerror(-r) : "connected");
+        frame_client_free(late);
+        ok(stat(path, &st) < 0 && errno == ENOENT, "the socket file is gone");
+
+        send_status(c, 2);
+        f = recv_frame(c);
+        ok(is_unavailable(f, 2, "shutting down"), "a request after the drain: UNAVAILABLE, retryable");
+        frame_client_frame_free(f);
+
+        /* With timeout 0 a second drain would report at once: it must not. */
+        (void)drain(&T.other, 0);
+        ok(server_stop(&T.other), "the drained server closes");
+        ok(got_eof(c), "its connection ends");
+        is_int(server_state(&T.other).drained, 1, "a second server_drain() does nothing: done ran once");
+        frame_client_free(c);
+}
+
+typedef struct ReleaseRun {
+        const TestServer *ts;
+        uint64_t conn;
+        unsigned n;
+        unsigned drained_after;
+} ReleaseRun;
+
+static void do_release_run(void *arg) {
+        ReleaseRun *r = arg;
+        uint64_t id = r->conn;
+
+        do_release_conn(&id);
+        r->n = (unsigned)id;
+        r->drained_after = r->ts->drained;
+}
+
+/* Calls in flight end normally during a drain; new requests are refused. */
+static void test_drain_in_flight(void) {
+        ServerState three = { .ts = &T.other, .in_flight = 3 };
+        ReleaseRun rel = { .ts = &T.other };
+        FrameClient *a, *b;
+        ServerState st;
+        char path[128];
+        bool good = true;
+        DrainRun d;
+        DFrame *f = NULL;
+        int r;
+
+        path_in_dir(path, sizeof(path), "drain.sock");
+        r = server_start(&T.other, path, -1, 0, 0);
+        is_int(r, 0, "a server to drain with calls in flight");
+        a = client_open(path, "drain-a");
+        b = client_connect(path);       /* still in the handshake when the drain starts */
+        rel.conn = conn_id_of(a, 100);
+        send_wait(a, 101);
+        send_exec(a, 102, 4, 1000, 0);
+        send_exec(a, 103, 100, 10, 0);
+        ok(rel.conn > 0 && wait_until(in_flight_is, &three), "three calls in flight");
+
+        d = drain(&T.other, 600 * 1000);
+        is_int(d.in_flight, 3, "server_calls_in_flight() counts them");
+
+        st = server_state(&T.other);
+        send_status(a, 104);
+        f = recv_frame(a);
+        ok(is_unavailable(f, 104, "shutting down"), "a new request during the drain: UNAVAILABLE, retryable: %s",
+           f && f->error ? f->error->message : "");
+        frame_client_frame_free(f);
+        send_get(a, 105, "release");
+        f = recv_frame(a);
+        ok(is_unavailable(f, 105, "shutting down"), "every new request is refused");
+        frame_client_frame_free(f);
+        is_int(server_state(&T.other).dispatched, st.dispatched, "dispatch never sees them");
+
+        f = NULL;
+        r = b ? frame_client_hello(b, 1, "drain-b", WAIT_MS, &f) : -1;
+        ok(r == 0 && f->body_case == DBODY(HELLO), "Hello during the drain is answered");
+        frame_client_frame_free(f);
+        if (b)
+                send_status(b, 1);
+        f = recv_frame(b);
+        ok(is_unavailable(f, 1, "shutting down"), "and the requests after it get UNAVAILABLE");
+        frame_client_frame_free(f);
+
+        /* The calls in flight still get their stream data, cancel and credit. */
+        send_stdin(a, 102, "ping");
+        f = recv_frame(a);
+        ok(f && f->call_id == 102 && f->exec_output && f->exec_output->data.len == 4,
+           "stream data reaches a call in flight during the drain");
+        frame_client_frame_free(f);
+        send_cancel(a, 103);
+        f = recv_frame(a);
+        ok(is_error(f, 103, GRPC_STATUS_CANCELLED), "so does Cancel");
+        frame_client_frame_free(f);
+        send_credit(a, 102, 4000);
+        for (int i = 0; i < 4; i++) {
+                f = recv_frame(a);
+                good &= is_output(f, 102, 0, 1000, i);
+                frame_client_frame_free(f);
+        }
+        f = recv_frame(a);
+        ok(good && f && f->call_id == 102 && f->final && !f->error && f->body_case == DBODY(EXEC_EXIT),
+           "and credit: the stream runs to its normal end");
+        frame_client_frame_free(f);
+
+        st = server_state(&T.other);
+        ok(st.in_flight == 1 && st.drained == 0, "the drain waits for the call still in flight (%u in flight)",
+           st.in_flight);
+
+        loop_call(do_release_run, &rel);
+        ok(rel.n == 1 && rel.drained_after == 0, "the last call ends; done does not run inside its call_finish()");
+        f = recv_frame(a);
+        ok(f && f->call_id == 101 && f->final && !f->error && f->body_case == DBODY(SANDBOX) &&
+           streq(f->sandbox->sandbox_id, "held-101"), "its client receives the final frame");
+        frame_client_frame_free(f);
+        ok(wait_until(is_drained, &T.other), "then the drain reports");
+        is_int(server_state(&T.other).in_flight, 0, "no call in flight");
+
+        ok(server_stop(&T.other), "the drained server closes");
+        ok(got_eof(a) && got_eof(b), "its connections end");
+        frame_client_free(a);
+        frame_client_free(b);
+}
+
+/* Calls that outlast the drain end with UNAVAILABLE, get cancel and are detached. */
+static void test_drain_timeout(void) {
+        ServerState three = { .ts = &T.other, .in_flight = 3 };
+        HeldCheck sticky = { .id = 111, .finish = true }, held = { .id = 112, .finish = true };
+        unsigned seen = 0;
+        char path[128];
+        FrameClient *c;
+        CallRecord rec;
+        DFrame *f;
+        int r;
+
+        path_in_dir(path, sizeof(path), "expire.sock");
+        r = server_start(&T.other, path, -1, 0, 0);
+        is_int(r, 0, "a server to drain with calls that never end");
+        c = client_open(path, "expire");
+        send_sticky(c, 111);
+        send_wait(c, 112);
+        send_exec(c, 113, 10, 10, 0);
+        ok(wait_until(in_flight_is, &three), "three calls in flight that do not end by themselves");
+
+        (void)drain(&T.other, 50);
+        for (int i = 0; i < 3; i++) {
+                f = recv_frame(c);
+                if (f && f->call_id >= 111 && f->call_id <= 113 && is_unavailable(f, f->call_id, "shut down before"))
+                        seen |= 1u << (f->call_id - 111);
+                frame_client_frame_free(f);
+        }
+        is_int(seen, 7, "after the timeout each gets a final UNAVAILABLE, retryable, while the connection is open");
+        ok(wait_until(is_drained, &T.other), "then the drain reports");
+
+        rec = record(111);
+        ok(rec.cancelled && rec.cancel_conn_gone, "the cancel hook of a call that does not end ran, the call detached");
+        rec = record(113);
+        ok(rec.cancelled && rec.cancel_conn_gone && rec.finished, "a stream ended in its cancel hook");
+        is_int(server_state(&T.other).in_flight, 0, "server_calls_in_flight() counts no detached call");
+
+        /* The handlers end their calls late: that only frees them. */
+        loop_call(do_held_check, &sticky);
+        ok(sticky.found && sticky.conn_gone && sticky.cancelled, "the call with hooks is detached and cancelled");
+        is_int(sticky.send_r, -EPIPE, "call_send() of a detached call");
+        loop_call(do_held_check, &held);
+        ok(held.found && held.conn_gone && held.cancelled, "a call without hooks too");
+
+        ok(server_stop(&T.other), "the server closes");
+        ok(got_eof(c), "nothing more reached the client: the connection just ends");
+        frame_client_free(c);
+}
+
+/* server_close() during a drain ends it as the timeout would. */
+static void test_drain_cut_short(void) {
+        ServerState one = { .ts = &T.other, .in_flight = 1 };
+        HeldCheck held = { .id = 121, .finish = true };
+        char path[128];
+        FrameClient *c;
+        ServerState st;
+        DFrame *f;
+        int r;
+
+        path_in_dir(path, sizeof(path), "cut.sock");
+        r = server_start(&T.other, path, -1, 0, 0);
+        is_int(r, 0, "a server closed in the middle of its drain");
+        c = client_open(path, "cut");
+        send_wait(c, 121);
+        ok(wait_until(in_flight_is, &one), "a call in flight");
+        (void)drain(&T.other, 600 * 1000);
+        ok(server_stop(&T.other), "server_close() during the drain completes");
+        f = recv_frame(c);
+        ok(is_unavailable(f, 121, "shut down before"), "the call in flight gets a final UNAVAILABLE, retryable");
+        frame_client_frame_free(f);
+        ok(got_eof(c), "then the connection ends");
+        st = server_state(&T.other);
+        ok(st.drained == 1 && st.drained_seq < st.closed_seq, "the drain reports, before the close");
+        loop_call(do_held_check, &held);
+        ok(held.found && held.conn_gone && held.cancelled, "the call got cancel from the close");
+        frame_client_free(c);
+}
+
+/* Output queued before server_close() reaches a client that reads it slowly. */
+static void test_close_flush(void) {
+        const unsigned frames = 64, size = 32768;
+        uint64_t id = 131;
+        unsigned outputs = 0;
+        bool data_ok = true, exit_ok = false;
+        char path[128];
+        FrameClient *c;
+        DFrame *f;
+        int r;
+
+        path_in_dir(path, sizeof(path), "flush.sock");
+        r = server_start(&T.other, path, -1, 0, 0);
+        is_int(r, 0, "a server closed with output queued");
+        c = client_open(path, "flush");
+        if (kernel_buffer_bound() >= (uint64_t)frames * size)
+                diag("the kernel buffers %" PRIu64 " bytes: the stream may not stay queued", kernel_buffer_bound());
+        send_exec(c, id, frames, size, UINT32_MAX);
+        ok(wait_until(rec_finished, &id), "a stream of %u bytes and its end are queued, nothing read yet",
+           frames * size);
+        loop_call(do_server_close, &T.other);
+
+        while ((f = recv_frame(c))) {
+                bool last = f->final;
+
+                if (!last)
+                        data_ok &= is_output(f, id, 0, size, (int)(outputs++ & 0xff));
+                else
+                        exit_ok = f->call_id == id && !f->error && f->body_case == DBODY(EXEC_EXIT);
+                frame_client_frame_free(f);
+                if (last)
+                        break;
+                if (outputs % 8 == 0)
+                        usleep(1000);
+        }
+        ok(data_ok && outputs == frames, "every frame queued before server_close() arrives, in order (%u of %u)",
+           outputs, frames);
+        ok(exit_ok, "and the final frame");
+        ok(got_eof(c), "then the connection ends");
+        ok(wait_until(is_closed, &T.other), "server_close() completes");
+        frame_client_free(c);
+}
+
 static void *client_thread(void *arg) {
         char path[128];
         FrameClient *a;
@@ -1431,6 +1818,11 @@ static void *client_thread(void *arg) {
         test_disconnect(path, &T.main);
         test_limits();
         test_socket_files();
+        test_drain_idle();
+        test_drain_in_flight();
+        test_drain_timeout();
+        test_drain_cut_short();
+        test_close_flush();
         test_server_close(path);
         frame_client_free(a);
 
