@@ -664,9 +664,20 @@ static void handle_created(void *userdata, const Status *st, ProtobufCMessage *r
 }
 
 static void send_create(Handle *h) {
-        /* Calls in flight may still create while the daemon drains (stage 1), not after. */
-        if (h->sandbox_id || h->create_call || h->cancelled || !h->create_request || h->manager->stop_stage > 1)
+        if (h->sandbox_id || h->create_call || h->cancelled || !h->create_request)
                 return;
+        /* Calls in flight may still create while the daemon drains (stage 1), not after. */
+        if (h->manager->stop_stage > 1) {
+                HandleWaiter *w, *next;
+                Status st;
+
+                status_set(&st, GRPC_STATUS_UNAVAILABLE, "the daemon is shutting down");
+                for (w = h->waiters; w; w = next) {
+                        next = w->next;
+                        waiter_finish(w, &st);
+                }
+                return;
+        }
         h->create_sent_ms = manager_now_ms(h->manager);
         h->create_call = backend_call(h->manager->backend, BACKEND_CREATE_SANDBOX,
                                       &h->create_request->base, handle_request_timeout_ms(h),

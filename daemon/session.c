@@ -520,15 +520,13 @@ void session_free_all(Manager *m) {
         Session *s;
 
         while ((s = hashmap_next(&m->sessions_by_id, &it))) {
-                if (s->closer) {
-                        /*
-                         * Its stops end when the backend cancels them; then it
-                         * frees itself. Nobody is left to tell.
-                         */
-                        for (CloseWaiter *w = s->closer->waiters; w; w = w->next)
-                                w->fn = NULL;
+                /*
+                 * A closing session's stops end when the backend cancels
+                 * them; then it tells its waiters (a client's call is only
+                 * freed by then) and frees itself.
+                 */
+                if (s->closer)
                         continue;
-                }
                 if (s->linger_armed)
                         uv_timer_stop(&s->linger_timer);
                 session_free(s);

@@ -220,7 +220,9 @@ static void list_done(void *userdata, const Status *st, ProtobufCMessage *reply)
                 }
                 free(t->page_token);
                 t->page_token = NULL;
-                if (resp->next_page_token && *resp->next_page_token && ++t->pages < TRACKER_MAX_PAGES) {
+                /* The pages so far may have settled every watched handle: then stop listing. */
+                if (resp->next_page_token && *resp->next_page_token && ++t->pages < TRACKER_MAX_PAGES &&
+                    t->watched) {
                         t->page_token = strdup(resp->next_page_token);
                         if (!t->page_token)
                                 abort();
