@@ -57,30 +57,6 @@ static char no_mounts_reason[128];
 
 /* ---- small helpers ---------------------------------------------------------------------------- */
 
-static FrameClient *client(DaemonProc *d) {
-        FrameClient *c = NULL;
-        int r = dc_connect(d->socket_path, &c);
-
-        if (r != 0)
-                bail_out("cannot connect to cwsandboxd: %d", r);
-        return c;
-}
-
-static void kill9(DaemonProc *d) {
-        int status;
-
-        daemon_proc_signal(d, SIGKILL);
-        (void)waitpid(d->pid, &status, 0);
-        d->pid = 0;
-}
-
-static void restart(DaemonProc *d, const char *what) {
-        int r = daemon_proc_restart(d);
-
-        if (r < 0)
-                bail_out("%s: cannot restart cwsandboxd: %s", what, strerror(-r));
-}
-
 static void sigterm(DaemonProc *d, const char *what) {
         int status = -1;
 
@@ -424,7 +400,7 @@ static uint8_t *damage_bytes(const LedgerImage *img, Damage kind, size_t *ret_si
 static void test_damaged(Damage kind) {
         const char *name = damages[kind].name;
         DaemonProc *d = restart_env_daemon(&env, REAP_S, NULL);
-        FrameClient *c = client(d);
+        FrameClient *c = restart_env_client(d);
         _cleanup_free_ char *sid = attach(c, name), *ledger = path_in(d->state_dir, "ledger");
         _cleanup_free_ char *bad_path = path_in(d->state_dir, "ledger.bad"), *status = NULL;
         _cleanup_free_ uint8_t *damaged = NULL, *bad = NULL;
@@ -454,8 +430,8 @@ static void test_damaged(Damage kind) {
         damaged = damage_bytes(&img, kind, &damaged_size);
         write_all_or_bail(ledger, damaged, damaged_size);
 
-        restart(d, name);
-        c = client(d);
+        restart_env_restart(d, name);
+        c = restart_env_client(d);
         status = state_status(c);
         diag("%s: state_file_status: %s", name, status ? status : "(none)");
         ok(status && strstr(status, damages[kind].word), "%s: status says the ledger was %s", name,
@@ -492,8 +468,8 @@ static void test_damaged(Damage kind) {
 
         /* The daemon rewrote the ledger when it started: the next start finds it sound. */
         sigterm(d, name);
-        restart(d, name);
-        c = client(d);
+        restart_env_restart(d, name);
+        c = restart_env_client(d);
         free(status);
         status = state_status(c);
         is_str(status, "ok", "%s: a later restart finds a sound ledger", name);
@@ -518,7 +494,7 @@ static void fail_deletes(unsigned times) {
 
 static void test_close_while_deletes_fail(void) {
         DaemonProc *d = restart_env_daemon(&env, REAP_S, NULL);
-        FrameClient *c = client(d);
+        FrameClient *c = restart_env_client(d);
         _cleanup_free_ char *sid = attach(c, "delete-faults");
         unsigned stopped = 0, failed = 0;
         DcError err = { 0 };
@@ -546,17 +522,17 @@ static void test_close_while_deletes_fail(void) {
 
 static void test_orphan_while_deletes_fail(void) {
         DaemonProc *d = restart_env_daemon(&env, REAP_S, NULL);
-        FrameClient *c = client(d);
+        FrameClient *c = restart_env_client(d);
         _cleanup_free_ char *sid = attach(c, "orphan-faults");
         DcInfo orphan;
 
         /* Its connection dies with the daemon: after the restart it is an orphan. */
         must_run(c, sid, SCOPE(CONNECTION), &orphan);
-        kill9(d);
+        restart_env_kill9(d);
         frame_client_free(c);
         fail_deletes(3);
-        restart(d, "orphan-faults");
-        c = client(d);
+        restart_env_restart(d, "orphan-faults");
+        c = restart_env_client(d);
         is_int(wait_backend_terminal(orphan.sandbox_id), BC_STATE(TERMINATED),
                "orphan faults: the orphan ends TERMINATED though DeleteSandbox failed");
         ok(metric(c, "cwsandboxd/orphans_reaped") >= 1, "orphan faults: counted as reaped");
@@ -573,7 +549,7 @@ static void test_orphan_while_deletes_fail(void) {
 
 static void test_max_lifetime(void) {
         DaemonProc *d = restart_env_daemon(&env, REAP_S, NULL);
-        FrameClient *c = client(d);
+        FrameClient *c = restart_env_client(d);
         _cleanup_free_ char *keep_sid = attach(c, "no-lifetime"), *life_sid = NULL, *life_tag = NULL;
         _cleanup_free_ char *keep_tag = NULL;
         DaemonFrame *list = NULL;
@@ -743,7 +719,7 @@ static void check_retry_pace(DaemonProc *d, FrameClient *c, const char *what) {
 static void work_while_unwritable(DaemonProc *d, const char *what, const char *why,
                                   void (*recover)(DaemonProc *d)) {
         static PadDefaults pad;
-        FrameClient *c = client(d);
+        FrameClient *c = restart_env_client(d);
         _cleanup_free_ char *sid = NULL, *sid2 = NULL, *status = NULL, *out = NULL;
         DaemonFrame *list = NULL;
         const Cwsandboxd__V1__Session *s;
@@ -776,9 +752,9 @@ static void work_while_unwritable(DaemonProc *d, const char *what, const char *w
         frame_client_free(c);
 
         /* What was made while it could not write must have been written by the recovery. */
-        kill9(d);
-        restart(d, what);
-        c = client(d);
+        restart_env_kill9(d);
+        restart_env_restart(d, what);
+        c = restart_env_client(d);
         is_int(dc_attach(c, what, NULL, -1, &sid2, &created, &err), 0, "%s: attach after kill -9", what);
         ok(sid && sid2 && streq(sid, sid2) && !created, "%s: the session made while the ledger failed is back", what);
         (void)list_sessions(c, &list, &tracked);
@@ -811,8 +787,8 @@ static void test_unwritable(void) {
 
         sigterm(d, "full disk");
         mount_state_tmpfs(d);
-        restart(d, "full disk");
-        c = client(d);
+        restart_env_restart(d, "full disk");
+        c = restart_env_client(d);
         status = state_status(c);
         is_str(status, "ok", "full disk: on its small tmpfs the daemon starts with a sound ledger");
         frame_client_free(c);

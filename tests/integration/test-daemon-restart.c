@@ -45,30 +45,6 @@
 
 static RestartEnv env;
 
-static FrameClient *client(DaemonProc *d) {
-        FrameClient *c = NULL;
-        int r = dc_connect(d->socket_path, &c);
-
-        if (r != 0)
-                bail_out("cannot connect to cwsandboxd: %d", r);
-        return c;
-}
-
-static void kill9(DaemonProc *d) {
-        int status;
-
-        daemon_proc_signal(d, SIGKILL);
-        (void)waitpid(d->pid, &status, 0);
-        d->pid = 0;
-}
-
-static void restart(DaemonProc *d, const char *what) {
-        int r = daemon_proc_restart(d);
-
-        if (r < 0)
-                bail_out("%s: cannot restart cwsandboxd: %s", what, strerror(-r));
-}
-
 /* A started sandbox in @session, RUNNING; bails out when it cannot be made. */
 static void make_running(FrameClient *c, const char *session, Cwsandboxd__V1__Scope scope, DcInfo *info) {
         DcError err = { 0 };
@@ -98,7 +74,7 @@ static char *session_tag(const char *session_id) {
 
 static void test_kill_restart(void) {
         DaemonProc *d = restart_env_daemon(&env, REAP_S, NULL);
-        FrameClient *c = client(d);
+        FrameClient *c = restart_env_client(d);
         _cleanup_free_ char *sid = NULL, *sid2 = NULL, *out = NULL;
         DcInfo a, b, got;
         DcError err = { 0 };
@@ -112,9 +88,9 @@ static void test_kill_restart(void) {
         make_running(c, sid, SCOPE(SESSION), &b);
         frame_client_free(c);
 
-        kill9(d);
-        restart(d, "kill-restart");
-        c = client(d);
+        restart_env_kill9(d);
+        restart_env_restart(d, "kill-restart");
+        c = restart_env_client(d);
         is_int(dc_attach(c, "kill-restart", NULL, 30, &sid2, &created, &err), 0, "kill -9: attach after the restart");
         is_str(sid2, sid, "kill -9: the session comes back with its id");
         ok(!created, "kill -9: the attach joined it, did not create it");
@@ -152,7 +128,7 @@ static void send_create(FrameClient *c, const char *session) {
 static void interrupted_create(DaemonProc *d, const char *name, int linger, char **ret_sid, char ***ret_ids) {
         Cwsandboxlocal__V1__Fault fault = CWSANDBOXLOCAL__V1__FAULT__INIT;
         _cleanup_free_ char *tag = NULL;
-        FrameClient *c = client(d);
+        FrameClient *c = restart_env_client(d);
         DcError err = { 0 };
         BcStatus st;
         int n = 0;
@@ -169,7 +145,7 @@ static void interrupted_create(DaemonProc *d, const char *name, int linger, char
         for (int64_t end = test_mono_ms() + WAIT_MS; n < 1 && test_mono_ms() < end; test_sleep_ms(20))
                 n = restart_env_live(&env, tag, NULL);
         is_int(n, 1, "%s: the backend made the sandbox while its reply is held back", name);
-        kill9(d);
+        restart_env_kill9(d);
         frame_client_free(c);
         (void)bc_set_faults(env.backend.client, NULL, 0, &st);
         (void)restart_env_live(&env, tag, ret_ids);
@@ -185,8 +161,8 @@ static void test_interrupted_create_resolved(void) {
         DcInfo got;
 
         interrupted_create(d, "interrupted", 30, &sid, &ids);
-        restart(d, "interrupted");
-        c = client(d);
+        restart_env_restart(d, "interrupted");
+        c = restart_env_client(d);
         is_int(dc_attach(c, "interrupted", NULL, 30, &sid2, NULL, &err), 0, "interrupted: attach after the restart");
         is_str(sid2, sid, "interrupted: same session");
         for (int64_t end = test_mono_ms() + WAIT_MS; metric(c, "cwsandboxd/creates_resolved") < 1 &&
@@ -220,11 +196,11 @@ static void test_interrupted_create_abandoned(void) {
         FrameClient *c;
 
         interrupted_create(d, "abandoned", 1, &sid, &ids);
-        restart(d, "abandoned");
+        restart_env_restart(d, "abandoned");
         /* Nobody comes back: the session's linger (1 s) ends and its sandbox goes. */
         is_int(restart_env_wait_live(&env, "cwsandboxd", 0, WAIT_MS), 0,
                "abandoned: the interrupted create's sandbox is stopped after the restart");
-        c = client(d);
+        c = restart_env_client(d);
         ok(metric(c, "cwsandboxd/creates_resolved") + metric(c, "cwsandboxd/orphans_reaped") >= 1,
            "abandoned: counted as resolved or reaped");
         test_strv_free(ids);
@@ -236,7 +212,7 @@ static void test_interrupted_create_abandoned(void) {
 
 static void test_connection_scope(void) {
         DaemonProc *d = restart_env_daemon(&env, REAP_S, NULL);
-        FrameClient *c = client(d);
+        FrameClient *c = restart_env_client(d);
         _cleanup_free_ char *sid = NULL;
         DcInfo conn_scoped, kept;
         DcError err = { 0 };
@@ -247,13 +223,13 @@ static void test_connection_scope(void) {
         make_running(c, sid, SCOPE(CONNECTION), &conn_scoped);
         make_running(c, sid, SCOPE(SESSION), &kept);
         /* The daemon dies with the connection open: nobody stopped the connection's sandbox. */
-        kill9(d);
+        restart_env_kill9(d);
         frame_client_free(c);
         is_int(restart_env_live(&env, "cwsandboxd", NULL), 2, "conn-scope: both run while the daemon is down");
-        restart(d, "conn-scope");
+        restart_env_restart(d, "conn-scope");
         is_int(restart_env_wait_live(&env, "cwsandboxd", 1, WAIT_MS), 1,
                "conn-scope: after the restart only the session-scoped sandbox runs");
-        c = client(d);
+        c = restart_env_client(d);
         ok(metric(c, "cwsandboxd/orphans_reaped") >= 1, "conn-scope: the other was reaped");
         is_int(dc_list_count(c, sid, NULL, false, false, &n, &err), 0, "conn-scope: list");
         is_int((int)n, 1, "conn-scope: the session tracks one sandbox");
@@ -286,7 +262,7 @@ static _noreturn_ void worker(const char *socket_path, int i) {
 
 static void test_workload_killed(void) {
         DaemonProc *d = restart_env_daemon(&env, REAP_S, NULL);
-        FrameClient *c = client(d);
+        FrameClient *c = restart_env_client(d);
         _cleanup_free_ char *keep_sid = NULL;
         pid_t pids[N_WORKERS];
         DcInfo kept;
@@ -309,19 +285,19 @@ static void test_workload_killed(void) {
         for (int64_t end = test_mono_ms() + WAIT_MS; n < 13 && test_mono_ms() < end; test_sleep_ms(20))
                 n = restart_env_live(&env, "cwsandboxd", NULL);
         ok(n >= 13, "workload: %d sandboxes running when the daemon is killed", n);
-        kill9(d);
+        restart_env_kill9(d);
         for (int i = 0; i < N_WORKERS; i++) {
                 kill(pids[i], SIGKILL);
                 (void)waitpid(pids[i], NULL, 0);
         }
-        restart(d, "workload");
+        restart_env_restart(d, "workload");
         /* The workers' sessions linger 2 s with nobody back, then close; the reaper gets the rest. */
         is_int(restart_env_wait_live(&env, "cwsandboxd", 1, WAIT_MS), 1,
                "workload: after linger and one reap interval only the keeper's sandbox runs");
         (void)restart_env_live(&env, "cwsandboxd", &live);
         ok(live && live[0] && strcmp(live[0], kept.sandbox_id) == 0, "workload: and it is the keeper's");
         test_strv_free(live);
-        c = client(d);
+        c = restart_env_client(d);
         is_int(dc_close_session(c, keep_sid, NULL, NULL, &err), 0, "workload: close the keeper");
         is_int(restart_env_wait_live(&env, "cwsandboxd", 0, WAIT_MS), 0, "workload: nothing left");
         frame_client_free(c);
@@ -356,7 +332,7 @@ static void test_clients_killed(void) {
 
 static void test_sigterm_keeps(void) {
         DaemonProc *d = restart_env_daemon(&env, REAP_S, NULL);
-        FrameClient *c = client(d);
+        FrameClient *c = restart_env_client(d);
         _cleanup_free_ char *sid = NULL, *sid2 = NULL, *out = NULL;
         DcError err = { 0 };
         DcInfo info;
@@ -369,8 +345,8 @@ static void test_sigterm_keeps(void) {
         is_int(daemon_proc_stop(d, WAIT_MS, &status), 0, "sigterm: the daemon stops");
         ok(WIFEXITED(status) && WEXITSTATUS(status) == 0, "sigterm: exit status 0");
         is_int(restart_env_live(&env, "cwsandboxd", NULL), 1, "sigterm: the sandbox keeps running");
-        restart(d, "sigterm");
-        c = client(d);
+        restart_env_restart(d, "sigterm");
+        c = restart_env_client(d);
         is_int(dc_attach(c, "sigterm", NULL, 30, &sid2, NULL, &err), 0, "sigterm: a client attaches again");
         is_str(sid2, sid, "sigterm: to the same session");
         is_int(dc_exec(c, info.handle_id, (const char *const[]) { "echo", "carry-on", NULL }, &out, NULL, &code, &err),
@@ -384,7 +360,7 @@ static void test_sigterm_keeps(void) {
 
 static void test_stop_on_shutdown(void) {
         DaemonProc *d = restart_env_daemon(&env, REAP_S, (const char *const[]) { "--stop-on-shutdown", NULL });
-        FrameClient *c = client(d);
+        FrameClient *c = restart_env_client(d);
         _cleanup_free_ char *sid = NULL, *sid2 = NULL;
         DcError err = { 0 };
         DcInfo info;
@@ -399,8 +375,8 @@ static void test_stop_on_shutdown(void) {
         is_int(daemon_proc_stop(d, WAIT_MS, &status), 0, "stop_on_shutdown: the daemon stops");
         ok(WIFEXITED(status) && WEXITSTATUS(status) == 0, "stop_on_shutdown: exit status 0");
         is_int(restart_env_live(&env, "cwsandboxd", NULL), 0, "stop_on_shutdown: every sandbox was stopped");
-        restart(d, "stop-all");
-        c = client(d);
+        restart_env_restart(d, "stop-all");
+        c = restart_env_client(d);
         is_int(dc_attach(c, "stop-all", NULL, 0, &sid2, &created, &err), 0, "stop_on_shutdown: attach again");
         ok(created && strcmp(sid, sid2) != 0, "stop_on_shutdown: the old session did not come back");
         frame_client_free(c);
@@ -426,7 +402,7 @@ static void send_exec(FrameClient *c, const char *id, const char *script) {
 
 static void test_sigterm_drain(void) {
         DaemonProc *d = restart_env_daemon(&env, REAP_S, (const char *const[]) { "--drain-timeout-seconds", "3", NULL });
-        FrameClient *c = client(d), *quick = client(d), *slow = client(d), *late = client(d);
+        FrameClient *c = restart_env_client(d), *quick = restart_env_client(d), *slow = restart_env_client(d), *late = restart_env_client(d);
         _cleanup_free_ char *sid = NULL;
         Cwsandboxd__V1__DaemonFrame *reply = NULL;
         DcError err = { 0 };
@@ -473,8 +449,8 @@ static void test_sigterm_drain(void) {
         frame_client_free(slow);
         frame_client_free(late);
         frame_client_free(c);
-        restart(d, "drain");
-        c = client(d);
+        restart_env_restart(d, "drain");
+        c = restart_env_client(d);
         is_int(dc_close_session(c, sid, NULL, NULL, &err), 0, "drain: the session is there after the restart");
         is_int(restart_env_wait_live(&env, "cwsandboxd", 0, WAIT_MS), 0, "drain: nothing left");
         frame_client_free(c);

@@ -4,7 +4,9 @@
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "backend-client.h"
 #include "restart-env.h"
@@ -37,6 +39,30 @@ DaemonProc *restart_env_daemon(RestartEnv *e, int reap_s, const char *const *ext
         if (r < 0)
                 bail_out("cannot start cwsandboxd: %s", strerror(-r));
         return d;
+}
+
+FrameClient *restart_env_client(DaemonProc *d) {
+        FrameClient *c = NULL;
+        int r = dc_connect(d->socket_path, &c);
+
+        if (r != 0)
+                bail_out("cannot connect to cwsandboxd: %d", r);
+        return c;
+}
+
+void restart_env_kill9(DaemonProc *d) {
+        int status;
+
+        daemon_proc_signal(d, SIGKILL);
+        (void)waitpid(d->pid, &status, 0);
+        d->pid = 0;
+}
+
+void restart_env_restart(DaemonProc *d, const char *what) {
+        int r = daemon_proc_restart(d);
+
+        if (r < 0)
+                bail_out("%s: cannot restart cwsandboxd: %s", what, strerror(-r));
 }
 
 void test_strv_free(char **v) {

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "daemon-calls.h"
 #include "daemon-proc.h"
 #include "test-util.h"
 
@@ -42,5 +43,14 @@ int restart_env_live(RestartEnv *e, const char *tag, char ***ret_ids);
  * sandboxes carry @tag. Returns the last count seen.
  */
 int restart_env_wait_live(RestartEnv *e, const char *tag, int want, int timeout_ms);
+
+/* A connected, greeted client of @d; bails out when it cannot connect. */
+FrameClient *restart_env_client(DaemonProc *d);
+
+/* SIGKILL the daemon and reap it. */
+void restart_env_kill9(DaemonProc *d);
+
+/* Start it again on the same state; bails out (naming @what) when it cannot. */
+void restart_env_restart(DaemonProc *d, const char *what);
 
 void test_strv_free(char **v);
