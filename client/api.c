@@ -213,6 +213,8 @@ static int session_from_pb(const Cwsandboxd__V1__Session *pb, cws_session *s) {
                 .sandbox_count = pb->sandbox_count,
                 .connections = pb->connections,
                 .created = pb->created,
+                .max_sandboxes = pb->max_sandboxes,
+                .max_creates_per_second = pb->max_creates_per_second,
         };
         return no_mem ? -ENOMEM : 0;
 }
@@ -242,6 +244,7 @@ CWS_EXPORT void cws_close_result_free(cws_close_result *r) {
         if (!r)
                 return;
         free(r->failures);
+        cws_metrics_free(r->metrics);
         free(r);
 }
 
@@ -262,6 +265,8 @@ CWS_EXPORT int cws_attach(cws_conn *c, const char *name, const cws_attach_option
                 req.has_linger = opts->has_linger;
                 req.linger_seconds = opts->linger_seconds;
                 req.max_lifetime_seconds = opts->max_lifetime_seconds;
+                req.max_sandboxes = opts->max_sandboxes;
+                req.max_creates_per_second = opts->max_creates_per_second;
         }
         if (s.oom)
                 return oom(err);
@@ -310,6 +315,47 @@ CWS_EXPORT int cws_detach(cws_conn *c, const char *session_id, cws_error *err) {
         return r;
 }
 
+/* ---- metrics ------------------------------------------------------------------------------ */
+
+/* Room for @n values; NULL when memory ran out. */
+static cws_metrics *metrics_new(size_t n) {
+        cws_metrics *m = calloc(1, sizeof(*m));
+
+        if (!m)
+                return NULL;
+        m->metrics = calloc(n + 1, sizeof(cws_metric));
+        if (!m->metrics) {
+                free(m);
+                return NULL;
+        }
+        return m;
+}
+
+/* Add one value; a name that cannot be copied is left out (metrics_incomplete() tells). */
+static void metrics_add(cws_metrics *m, const char *name, double value) {
+        char *copy = strdup(name ? name : "");
+
+        if (!copy)
+                return;
+        m->metrics[m->n_metrics++] = (cws_metric) { .name = copy, .value = value };
+}
+
+static bool metrics_incomplete(const cws_metrics *m, size_t want) {
+        return m->n_metrics != want;
+}
+
+CWS_EXPORT bool cws_metrics_find(const cws_metrics *m, const char *name, double *ret_value) {
+        if (!m || !name)
+                return false;
+        for (size_t i = 0; i < m->n_metrics; i++)
+                if (streq(m->metrics[i].name, name)) {
+                        if (ret_value)
+                                *ret_value = m->metrics[i].value;
+                        return true;
+                }
+        return false;
+}
+
 static void error_from_pb(const Cwsandboxd__V1__Error *e, cws_error *out) {
         DaemonFrame f = CWSANDBOXD__V1__DAEMON_FRAME__INIT;
 
@@ -343,6 +389,14 @@ CWS_EXPORT int cws_close_session(cws_conn *c, const char *session_id, cws_close_
                 res->n_failures = cr->n_failures;
                 for (size_t i = 0; i < cr->n_failures; i++)
                         error_from_pb(cr->failures[i], &res->failures[i]);
+                res->metrics = metrics_new(cr->n_metrics);
+                for (size_t i = 0; res->metrics && i < cr->n_metrics; i++)
+                        metrics_add(res->metrics, cr->metrics[i]->key, cr->metrics[i]->value);
+                if (!res->metrics || metrics_incomplete(res->metrics, cr->n_metrics)) {
+                        cws_close_result_free(res);
+                        daemon_frame_free(reply);
+                        return oom(err);
+                }
                 *ret_result = res;
         }
         daemon_frame_free(reply);
@@ -753,17 +807,15 @@ CWS_EXPORT int cws_get_metrics(cws_conn *c, const char *session_id, bool reset, 
         if (reply->body_case != REPLY(METRICS))
                 return unexpected(reply, err);
         mr = reply->metrics;
-        m = calloc(1, sizeof(*m));
+        m = metrics_new(mr->n_values);
         if (m) {
                 m->prometheus_text = dup_or_empty(mr->prometheus_text, &no_mem);
-                m->metrics = calloc(mr->n_values + 1, sizeof(cws_metric));
-                for (size_t i = 0; m->metrics && i < mr->n_values; i++, m->n_metrics++) {
-                        m->metrics[i].name = dup_or_empty(mr->values[i]->key, &no_mem);
-                        m->metrics[i].value = mr->values[i]->value;
-                }
+                for (size_t i = 0; i < mr->n_values; i++)
+                        metrics_add(m, mr->values[i]->key, mr->values[i]->value);
+                no_mem = no_mem || metrics_incomplete(m, mr->n_values);
         }
         daemon_frame_free(reply);
-        if (!m || !m->metrics || no_mem) {
+        if (!m || no_mem) {
                 cws_metrics_free(m);
                 return oom(err);
         }

@@ -226,6 +226,9 @@ typedef struct cws_attach_options {
         bool has_linger;                        /* unset = 30 s */
         int32_t linger_seconds;                 /* 0 = close at once, -1 = never */
         int32_t max_lifetime_seconds;           /* per-session cap on sandbox age, 0 = none */
+        /* Admission limits of this session on top of the host's; 0 = the daemon's session_max_*. */
+        uint32_t max_sandboxes;                 /* alive at once */
+        double max_creates_per_second;
 } cws_attach_options;
 
 typedef struct cws_session {
@@ -236,6 +239,8 @@ typedef struct cws_session {
         uint32_t sandbox_count;
         uint32_t connections;
         bool created;                   /* this attach created the session */
+        uint32_t max_sandboxes;         /* its admission limits; 0 = none */
+        double max_creates_per_second;
 } cws_session;
 
 typedef struct cws_session_list {
@@ -243,10 +248,13 @@ typedef struct cws_session_list {
         cws_session *sessions;
 } cws_session_list;
 
+typedef struct cws_metrics cws_metrics;
+
 typedef struct cws_close_result {
         uint32_t stopped;
         size_t n_failures;
         cws_error *failures;            /* one per sandbox that did not stop */
+        cws_metrics *metrics;           /* its session metrics (cwsandbox/...) not read before: the final flush */
 } cws_close_result;
 
 /**
@@ -634,11 +642,11 @@ typedef struct cws_metric {
         double value;
 } cws_metric;
 
-typedef struct cws_metrics {
+struct cws_metrics {
         size_t n_metrics;
         cws_metric *metrics;
         char *prometheus_text;          /* "" unless asked for */
-} cws_metrics;
+};
 
 /**
  * cws_get_status() - the daemon's status.
@@ -646,11 +654,21 @@ typedef struct cws_metrics {
 CWS_EXPORT int cws_get_status(cws_conn *c, cws_status **ret_status, cws_error *err);
 
 /**
- * cws_get_metrics() - counters, host-wide or for @session_id (may be NULL);
- * @reset clears them after reading, @prometheus adds the text format.
+ * cws_get_metrics() - host-wide (@session_id NULL: cwsandboxd_* series) or
+ * a session's (the SDK set cwsandbox/..., with its present/absent rules).
+ * @reset clears a session's metrics in the same step as the read, so no
+ * exec is lost or counted twice between reads (host-wide ones cannot be
+ * reset). @prometheus adds the text format.
  */
 CWS_EXPORT int cws_get_metrics(cws_conn *c, const char *session_id, bool reset, bool prometheus,
                            cws_metrics **ret_metrics, cws_error *err);
+
+/**
+ * cws_metrics_find() - the value of @name in @m. Returns true and sets
+ * *@ret_value when it is there (a value the SDK omits, such as a rate with no
+ * executions, is not).
+ */
+CWS_EXPORT bool cws_metrics_find(const cws_metrics *m, const char *name, double *ret_value);
 
 CWS_EXPORT void cws_status_free(cws_status *s);
 CWS_EXPORT void cws_metrics_free(cws_metrics *m);

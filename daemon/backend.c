@@ -310,6 +310,10 @@ static BackendChannel *channel_for_stream(Backend *b) {
         return best;
 }
 
+/* From a local call (1 ms) to a long stream (5 min). */
+static const double latency_bounds[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+                                         10, 30, 60, 300 };
+
 int backend_new(uv_loop_t *loop, CqLoop *cq, const BackendOptions *opts, Backend **ret) {
         Backend *b;
         int r;
@@ -328,6 +332,8 @@ int backend_new(uv_loop_t *loop, CqLoop *cq, const BackendOptions *opts, Backend
                 return -ENOMEM;
         }
         b->n_channels = opts->pool_size;
+        for (int m = 0; m < _BACKEND_METHOD_MAX; m++)
+                histogram_init(&b->stats[m].latency, latency_bounds, ELEMENTSOF(latency_bounds));
 
         r = backend_set_api_key(b, opts->api_key);
         for (unsigned i = 0; r >= 0 && i < b->n_channels; i++)
@@ -536,7 +542,7 @@ static void op_count(BackendOp *op, const Status *st) {
                 s->errors++;
         if ((unsigned)st->code < ELEMENTSOF(s->by_code))
                 s->by_code[st->code]++;
-        s->latency_us_sum += now_us() - op->start_us;
+        histogram_observe(&s->latency, (double)(now_us() - op->start_us) / 1e6);
 }
 
 static void timer_on_fire(uv_timer_t *t);

@@ -28,6 +28,7 @@
 #include <uv.h>
 
 #include "cqloop.h"
+#include "prom.h"
 #include "status.h"
 
 #define BACKEND_STREAMS_PER_CHANNEL     90
@@ -58,7 +59,7 @@ typedef struct BackendMethodStats {
         uint64_t calls;
         uint64_t errors;                /* calls that ended with a code other than OK */
         uint64_t by_code[17];           /* calls per final gRPC code */
-        uint64_t latency_us_sum;        /* start to final status, all calls */
+        Histogram latency;              /* seconds, start to final status */
 } BackendMethodStats;
 
 typedef struct Backend Backend;

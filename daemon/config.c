@@ -49,6 +49,8 @@ typedef enum ConfigType {
         CONFIG_TYPE_UINT,               /* uint64_t */
         CONFIG_TYPE_INT,                /* int64_t */
         CONFIG_TYPE_BOOL,               /* bool */
+        CONFIG_TYPE_RATE,               /* double, 0..CONFIG_RATE_MAX */
+        CONFIG_TYPE_POLICY,             /* AdmissionPolicy */
 } ConfigType;
 
 typedef struct ConfigKey {
@@ -127,6 +129,36 @@ static const ConfigKey config_keys[] = {
                 "channel_pool_size", CONFIG_TYPE_UINT, offsetof(Config, channel_pool_size), 1, 64,
                 "8",
                 "gRPC channels to the backend (90 streams each)",
+        }, {
+                "max_sandboxes", CONFIG_TYPE_UINT, offsetof(Config, max_sandboxes), 0, 1000000,
+                "0",
+                "Most sandboxes alive at once on this host; 0 = no limit",
+        }, {
+                "max_creates_per_second", CONFIG_TYPE_RATE, offsetof(Config, max_creates_per_second), 0, 0,
+                "0",
+                "Most creates per second on this host (bursts of up to one second's worth); 0 = no limit",
+        }, {
+                "session_max_sandboxes", CONFIG_TYPE_UINT, offsetof(Config, session_max_sandboxes), 0, 1000000,
+                "0",
+                "Most sandboxes alive at once per session; 0 = no limit",
+        }, {
+                "session_max_creates_per_second", CONFIG_TYPE_RATE,
+                offsetof(Config, session_max_creates_per_second), 0, 0,
+                "0",
+                "Most creates per second per session; 0 = no limit",
+        }, {
+                "admission_policy", CONFIG_TYPE_POLICY, offsetof(Config, admission_policy), 0, 0,
+                "wait",
+                "A create over a limit: wait (in turn, up to the caller's timeout) or reject",
+        }, {
+                "metrics_textfile", CONFIG_TYPE_OPTIONAL_PATH, offsetof(Config, metrics_textfile), 0, 0,
+                "",
+                "Prometheus text file to write (node_exporter textfile collector); empty = none",
+        }, {
+                "metrics_textfile_interval_seconds", CONFIG_TYPE_UINT,
+                offsetof(Config, metrics_textfile_interval_seconds), 1, 3600,
+                "15",
+                "How often the metrics text file is written",
         },
 };
 
@@ -261,6 +293,18 @@ static int parse_int(const char *s, int64_t *ret) {
         return 0;
 }
 
+static int set_rate(Config *c, const ConfigKey *k, const char *value, char **ret_msg) {
+        char *end;
+        double v;
+
+        errno = 0;
+        v = strtod(value, &end);
+        if (errno != 0 || end == value || *end != 0 || !(v >= 0 && v <= CONFIG_RATE_MAX))
+                return invalid(ret_msg, "invalid rate '%s' (expected 0..%d per second)", value, CONFIG_RATE_MAX);
+        *(double *)field(c, k) = v;
+        return 0;
+}
+
 static int parse_bool(const char *s, bool *ret) {
         if (strcasecmp(s, "true") == 0 || strcasecmp(s, "yes") == 0 || streq(s, "1"))
                 *ret = true;
@@ -387,6 +431,18 @@ static int config_set(Config *c, const ConfigKey *k, const char *value, char **r
                                        "(expected true, false, yes, no, 1 or 0)", value);
                 *(bool *)field(c, k) = b;
                 return 0;
+
+        case CONFIG_TYPE_RATE:
+                return set_rate(c, k, value, ret_msg);
+
+        case CONFIG_TYPE_POLICY:
+                if (streq(value, "wait"))
+                        *(AdmissionPolicy *)field(c, k) = ADMISSION_WAIT;
+                else if (streq(value, "reject"))
+                        *(AdmissionPolicy *)field(c, k) = ADMISSION_REJECT;
+                else
+                        return invalid(ret_msg, "invalid policy '%s' (expected wait or reject)", value);
+                return 0;
         }
 
         return -EINVAL;
@@ -418,6 +474,7 @@ void config_free(Config *c) {
         free(c->backend_target);
         free(c->api_key_file);
         free(c->local_backend_path);
+        free(c->metrics_textfile);
         *c = (Config)CONFIG_NULL(*c);
 }
 
@@ -790,6 +847,10 @@ static const char *metavar(ConfigType type) {
                 return "N";
         case CONFIG_TYPE_BOOL:
                 return "[=BOOL]";
+        case CONFIG_TYPE_RATE:
+                return "RATE";
+        case CONFIG_TYPE_POLICY:
+                return "POLICY";
         }
         return "VALUE";
 }

@@ -17,6 +17,13 @@
 #include "log.h"
 
 #define CONFIG_DEFAULT_PATH "/etc/cwsandboxd/cwsandboxd.conf"
+#define CONFIG_RATE_MAX 10000           /* creates per second */
+
+/* What a create that does not fit the admission limits gets. */
+typedef enum AdmissionPolicy {
+        ADMISSION_WAIT,                 /* queued until it fits or its caller gives up */
+        ADMISSION_REJECT,               /* RESOURCE_EXHAUSTED at once */
+} AdmissionPolicy;
 
 enum {
         _CONFIG_E_SUCCESS,
@@ -43,6 +50,13 @@ typedef struct Config {
         char *local_backend_path;       /* "" = the built-in default */
         uint64_t max_file_bytes;
         uint64_t channel_pool_size;
+        uint64_t max_sandboxes;                 /* alive at once on this host; 0 = no limit */
+        double max_creates_per_second;          /* 0 = no limit */
+        uint64_t session_max_sandboxes;         /* per session; 0 = no limit */
+        double session_max_creates_per_second;
+        AdmissionPolicy admission_policy;
+        char *metrics_textfile;                 /* "" = none */
+        uint64_t metrics_textfile_interval_seconds;
 } Config;
 
 #define CONFIG_NULL(_x) { .log_level = LOG_LEVEL_INFO }

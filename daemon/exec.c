@@ -173,6 +173,22 @@ static void exec_release(Op *op) {
                 protobuf_c_message_free_unpacked(&e->req->base, NULL);
 }
 
+/* The SDK's outcome of an exec: an exit code (0 or not), or an error. */
+static void exec_count(const Op *op, const Status *st) {
+        const Exec *e = container_of(op, Exec, op);
+        Manager *m = op->manager;
+        Handle *h = op->handle;
+
+        /* A sandbox that never ran still names a handle the exec counts against. */
+        if (!h)
+                h = hashmap_get(&m->handles_by_id, op->sandbox_arg);
+        if (!h)
+                h = hashmap_get(&m->handles_by_sandbox, op->sandbox_arg);
+        if (h)
+                metrics_exec_done(m, h, !status_ok(st) ? EXEC_OUTCOME_FAILURE :
+                                        e->exit_code == 0 ? EXEC_OUTCOME_OK : EXEC_OUTCOME_NONZERO);
+}
+
 static void exec_log_end(const Op *op, const Status *st) {
         const Exec *e = container_of(op, Exec, op);
         uint64_t ms = manager_now_ms(op->manager) - e->start_ms;
@@ -180,6 +196,7 @@ static void exec_log_end(const Op *op, const Status *st) {
 
         if (!e->req)
                 return;         /* out of memory before the request was copied */
+        exec_count(op, st);
         if (status_ok(st))
                 log_full(LOG_LEVEL_DEBUG, op->session_id, sid, "exec %s: exit code %" PRId32 " (%" PRIu64 " ms)",
                          e->req->command[0], e->exit_code, ms);
@@ -215,6 +232,7 @@ static void exec_forward(Exec *e, const ExecInput *in) {
                         r.stdin = (ProtobufCBinaryData) { .len = n, .data = in->stdin.data + off };
                         queued = backend_stream_write(e->op.stream, &r.base);
                 }
+                e->op.manager->metrics.exec_bytes[EXEC_STREAM_STDIN] += in->stdin.len;
                 break;
         case INPUT(RESIZE):
                 resize.width = in->resize->width;
@@ -366,6 +384,8 @@ static void exec_on_message(Op *op, ProtobufCMessage *msg) {
         switch (r->message_case) {
         case RESP(OUTPUT):
                 is_stderr = r->output->stream == COREWEAVE__SANDBOX__V1__EXEC_STREAM_OUTPUT__STREAM__STREAM_STDERR;
+                op->manager->metrics.exec_bytes[is_stderr ? EXEC_STREAM_STDERR : EXEC_STREAM_STDOUT] +=
+                        r->output->data.len;
                 if (e->req->buffered)
                         exec_collect(e, is_stderr, &r->output->data);
                 else if (r->output->data.len > 0)

@@ -157,8 +157,10 @@ static void read_on_reply(void *userdata, const Status *st, ProtobufCMessage *re
                 r->reply = (ReadFileResponse *)reply;
                 if (r->reply->content.len > r->file.op.manager->config->max_file_bytes)
                         file_too_large(&r->file, "read file", r->reply->content.len);
-                else
+                else {
+                        r->file.op.manager->metrics.file_bytes_read += r->reply->content.len;
                         read_pump(&r->file.op);
+                }
         }
         op_maybe_free(&r->file.op);
 }
@@ -208,6 +210,7 @@ static void write_on_reply(void *userdata, const Status *st, ProtobufCMessage *r
                 op_fail(&w->file.op, &err);
         } else {
                 out.bytes_written = w->size;
+                w->file.op.manager->metrics.file_bytes_written += w->size;
                 f.body_case = CWSANDBOXD__V1__DAEMON_FRAME__BODY_WRITE_FILE;
                 f.write_file = &out;
                 op_finish(&w->file.op, &f);

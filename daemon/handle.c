@@ -89,6 +89,8 @@ static int copy_tags(Handle *h, char *const *tags, size_t n) {
 }
 
 static void handle_free(Handle *h) {
+        admission_cancel(&h->manager->admission, &h->admission);
+        admission_release(&h->manager->admission, &h->admission);
         merge_create_request_free(h->create_request);
         for (size_t i = 0; i < h->n_tags; i++)
                 free(h->tags[i]);
@@ -190,6 +192,9 @@ grpc_status_code handle_new_unstarted(Session *s, Conn *conn, const Cwsandboxd__
                 link_conn(h, conn);
         h->refs--;      /* the session's reference is the only one */
         persist_handle(h);
+        /* The SDK counts a requested sandbox, started or not. */
+        sdk_metrics_created(&s->metrics);
+        s->manager->metrics.sandboxes_requested++;
         *ret = h;
         return GRPC_STATUS_OK;
 }
@@ -276,6 +281,8 @@ void handle_take_sandbox(Handle *h, const Coreweave__Sandbox__V1__Sandbox *sb) {
         h->state = STATE(PENDING);
         h->startup_recorded = true;     /* its create time is not ours to measure */
         log_full(LOG_LEVEL_INFO, sid, h->sandbox_id, "found the sandbox of handle %s's interrupted create", h->id);
+        if (h->session)
+                admission_hold(&m->admission, &h->admission, &h->session->admission);
         persist_handle(h);
         handle_apply(h, sb, false);
 }
@@ -351,12 +358,18 @@ static void set_reason(Handle *h, const char *reason) {
         h->state_reason = strdup(reason);
 }
 
+/* The SDK's startup time: create sent to first RUNNING or PAUSED, for sandboxes a session created. */
 static void record_startup(Handle *h) {
+        uint64_t ms;
+
         if (h->startup_recorded || h->create_sent_ms == 0)
                 return;
         h->startup_recorded = true;
-        log_full(LOG_LEVEL_DEBUG, h->session ? h->session->id : NULL, h->sandbox_id,
-                 "running after %" PRIu64 " ms", manager_now_ms(h->manager) - h->create_sent_ms);
+        ms = manager_now_ms(h->manager) - h->create_sent_ms;
+        log_full(LOG_LEVEL_DEBUG, h->session ? h->session->id : NULL, h->sandbox_id, "running after %" PRIu64 " ms", ms);
+        histogram_observe(&h->manager->metrics.startup, (double)ms / 1000.0);
+        if (h->session)
+                sdk_metrics_startup(&h->session->metrics, (double)ms / 1000.0);
 }
 
 /* The SDK's guards on a state change (_apply_sandbox_info). */
@@ -595,6 +608,20 @@ bool handle_needs_terminal(const Handle *h) {
         return false;
 }
 
+/*
+ * A queued create stays queued only while someone waits for it (the
+ * caller's timeout is the wait's); a slot is held while the sandbox may be
+ * alive.
+ */
+static void admission_check(Handle *h) {
+        Admission *a = &h->manager->admission;
+
+        if (h->admission.queued && (!h->waiters || h->cancelled))
+                admission_cancel(a, &h->admission);
+        if (h->admission.holding && (h->cancelled || handle_is_terminal(h)))
+                admission_release(a, &h->admission);
+}
+
 static void handle_check_waiters(Handle *h) {
         HandleWaiter *w = h->waiters, *next;
         Status st;
@@ -608,6 +635,7 @@ static void handle_check_waiters(Handle *h) {
                 tracker_watch(&h->manager->tracker, h);
         else if (h->tracked)
                 tracker_unwatch(&h->manager->tracker, h);
+        admission_check(h);
 }
 
 void handle_fail_waiters(Handle *h, const Status *st) {
@@ -623,6 +651,53 @@ void handle_fail_waiters(Handle *h, const Status *st) {
 
 /* ---- start --------------------------------------------------------------------------- */
 
+static void fail_waiters(Handle *h, const Status *st) {
+        HandleWaiter *w, *next;
+
+        for (w = h->waiters; w; w = next) {
+                next = w->next;
+                waiter_finish(w, st);
+        }
+        handle_check_waiters(h);
+}
+
+static void handle_start(Handle *h);
+
+/*
+ * The backend is out of quota: admission pauses every create. With the WAIT
+ * policy and a RetryInfo hint, this one queues again for after the pause
+ * (same request_id, so a create that did happen is not made twice).
+ * Returns true when it did.
+ */
+static bool create_throttled(Handle *h, const Status *st) {
+        Manager *m = h->manager;
+
+        if (st->code != GRPC_STATUS_RESOURCE_EXHAUSTED)
+                return false;
+        admission_throttled(&m->admission, st->retry_delay_ms);
+        if (m->admission.policy != ADMISSION_WAIT || st->retry_delay_ms == 0 || !h->waiters || m->stop_stage > 1)
+                return false;
+        log_full(LOG_LEVEL_INFO, h->session ? h->session->id : NULL, NULL,
+                 "create of %s refused by the backend (%s); trying again in %" PRIu32 " ms",
+                 h->id, st->message, st->retry_delay_ms);
+        handle_start(h);
+        return true;
+}
+
+static void create_failed(Handle *h, const Status *st) {
+        const char *sid = h->session ? h->session->id : NULL;
+        Status err = *st;
+
+        admission_release(&h->manager->admission, &h->admission);
+        if (create_throttled(h, st))
+                return;
+        if (status_ok(st))
+                status_set(&err, GRPC_STATUS_INTERNAL, "the backend returned no sandbox id");
+        status_prefix(&err, "create sandbox");
+        log_full(LOG_LEVEL_WARNING, sid, NULL, "create of %s failed: %s", h->id, err.message);
+        fail_waiters(h, &err);
+}
+
 static void handle_created(void *userdata, const Status *st, ProtobufCMessage *reply) {
         Handle *h = userdata;
         Manager *m = h->manager;
@@ -630,20 +705,9 @@ static void handle_created(void *userdata, const Status *st, ProtobufCMessage *r
         const char *sid = h->session ? h->session->id : NULL;
 
         h->create_call = NULL;
-        if (!status_ok(st) || !sb->sandbox_id || !*sb->sandbox_id) {
-                Status err = *st;
-                HandleWaiter *w, *next;
-
-                if (status_ok(st))
-                        status_set(&err, GRPC_STATUS_INTERNAL, "the backend returned no sandbox id");
-                status_prefix(&err, "create sandbox");
-                log_full(LOG_LEVEL_WARNING, sid, NULL, "create of %s failed: %s", h->id, err.message);
-                for (w = h->waiters; w; w = next) {
-                        next = w->next;
-                        waiter_finish(w, &err);
-                }
-                handle_check_waiters(h);
-        } else {
+        if (!status_ok(st) || !sb->sandbox_id || !*sb->sandbox_id)
+                create_failed(h, st);
+        else {
                 h->sandbox_id = strdup(sb->sandbox_id);
                 if (!h->sandbox_id)
                         abort();
@@ -655,6 +719,8 @@ static void handle_created(void *userdata, const Status *st, ProtobufCMessage *r
                         h->create_time_ms = timestamp_ms(sb->status->create_time);
                 h->create_request = merge_create_request_free(h->create_request);
                 log_full(LOG_LEVEL_INFO, sid, h->sandbox_id, "created sandbox (handle %s)", h->id);
+                admission_create_ok(&m->admission);
+                m->metrics.sandboxes_created++;
                 persist_handle(h);
                 handle_check_waiters(h);
         }
@@ -664,18 +730,17 @@ static void handle_created(void *userdata, const Status *st, ProtobufCMessage *r
 }
 
 static void send_create(Handle *h) {
-        if (h->sandbox_id || h->create_call || h->cancelled || !h->create_request)
+        Status st;
+
+        if (h->sandbox_id || h->create_call || h->cancelled || !h->create_request) {
+                admission_release(&h->manager->admission, &h->admission);
                 return;
+        }
         /* Calls in flight may still create while the daemon drains (stage 1), not after. */
         if (h->manager->stop_stage > 1) {
-                HandleWaiter *w, *next;
-                Status st;
-
+                admission_release(&h->manager->admission, &h->admission);
                 status_set(&st, GRPC_STATUS_UNAVAILABLE, "the daemon is shutting down");
-                for (w = h->waiters; w; w = next) {
-                        next = w->next;
-                        waiter_finish(w, &st);
-                }
+                fail_waiters(h, &st);
                 return;
         }
         h->create_sent_ms = manager_now_ms(h->manager);
@@ -696,12 +761,26 @@ static void start_durable(void *userdata, int error) {
         handle_unref(h);
 }
 
-/* The create goes out once the handle's record is on disk, so a crash cannot leave an unknown sandbox. */
-static void handle_start(Handle *h) {
-        if (h->sandbox_id || h->create_call || h->start_pending || h->cancelled || !h->create_request)
+/* Admitted: the create goes out once the handle's record is on disk, so a crash cannot leave an unknown sandbox. */
+static void start_admitted(AdmissionTicket *t, const Status *st) {
+        Handle *h = container_of(t, Handle, admission);
+
+        if (!status_ok(st)) {
+                log_full(LOG_LEVEL_INFO, h->session ? h->session->id : NULL, NULL, "create of %s refused: %s",
+                         h->id, st->message);
+                fail_waiters(h, st);
                 return;
+        }
         h->start_pending = true;
         persist_sync(h->manager, h->ledger_seq, start_durable, handle_ref(h));
+}
+
+static void handle_start(Handle *h) {
+        if (h->sandbox_id || h->create_call || h->start_pending || h->admission.queued || h->cancelled ||
+            !h->create_request)
+                return;
+        admission_request(&h->manager->admission, &h->admission, h->session ? &h->session->admission : NULL,
+                          start_admitted);
 }
 
 /* ---- resolve ------------------------------------------------------------------------- */

@@ -22,6 +22,7 @@
 #include "coreweave/sandbox/v1/sandbox.pb-c.h"
 #include "cwsandboxd/v1/cwsandboxd.pb-c.h"
 #include "cwsandboxd/v1/ledger.pb-c.h"
+#include "admission.h"
 #include "manager.h"
 #include "retry.h"
 
@@ -70,6 +71,7 @@ struct Handle {
         /* ledger */
         uint64_t ledger_seq;            /* its latest record */
         bool start_pending;             /* the create waits for that record to be durable */
+        AdmissionTicket admission;      /* its create's turn, then its slot while alive */
         bool unverified;                /* restored with a sandbox id the backend has not confirmed */
         int64_t created_ms;             /* wall clock, when the handle was made */
 };

@@ -133,6 +133,7 @@ static void reconciled(void *userdata) {
 static void start_serving(Manager *m) {
         session_linger_idle(m);
         reaper_start(&m->reaper, reconciled, m);
+        metrics_textfile_start(m);
 }
 
 static void local_ready(void *userdata) {
@@ -182,6 +183,7 @@ int manager_new(uv_loop_t *loop, const Config *config, int listen_fd,
         m->loop = loop;
         m->config = config;
         m->start_ms = uv_now(loop);
+        m->start_wall_ms = manager_wall_ms();
         make_host_tag(m);
         r = cq_loop_init(&m->cq, loop);
         if (r < 0) {
@@ -190,6 +192,9 @@ int manager_new(uv_loop_t *loop, const Config *config, int listen_fd,
         }
         tracker_init(&m->tracker, m);
         reaper_init(&m->reaper, m);
+        host_metrics_init(&m->metrics);
+        admission_init(&m->admission, loop, config->admission_policy, (unsigned)config->max_sandboxes,
+                       config->max_creates_per_second);
         *ret = m;       /* from here on, manager_stop() cleans up */
         r = persist_load(m);
         if (r < 0)
@@ -235,6 +240,10 @@ static void tracker_closed(uv_handle_t *h) {
         step_done(container_of((uv_timer_t *)h, Tracker, timer)->manager);
 }
 
+static void admission_closed(uv_handle_t *h) {
+        step_done(container_of(h, Manager, admission.timer));
+}
+
 static void cq_closed(CqLoop *cq) {
         step_done(container_of(cq, Manager, cq));
 }
@@ -270,9 +279,11 @@ static void stop_step(Manager *m) {
                 }
                 break;
         case 3:
-                m->stop_pending += 2;
+                m->stop_pending += 4;
                 tracker_close(&m->tracker, tracker_closed);
                 reaper_close(&m->reaper, step_done, m);
+                admission_close(&m->admission, admission_closed);
+                metrics_textfile_close(&m->textfile, step_done, m);
                 if (m->ledger) {
                         m->stop_pending++;
                         ledger_close(m->ledger, step_done, m);

@@ -13,12 +13,14 @@
 #include <sys/types.h>
 #include <uv.h>
 
+#include "admission.h"
 #include "backend.h"
 #include "config.h"
 #include "cqloop.h"
 #include "hashmap.h"
 #include "ledger.h"
 #include "localchild.h"
+#include "metrics.h"
 #include "reaper.h"
 #include "server.h"
 #include "tracker.h"
@@ -42,6 +44,9 @@ typedef struct Manager {
         Server *server;
         Tracker tracker;
         Reaper reaper;
+        Admission admission;
+        HostMetrics metrics;
+        MetricsTextfile textfile;
         Ledger *ledger;
         LedgerLoadResult ledger_load_result;
         char ledger_report[256];        /* what the load at start found */
@@ -54,6 +59,7 @@ typedef struct Manager {
         char host_tag[128];
         char *api_key;                  /* in memory only; wiped on free */
         uint64_t start_ms;
+        int64_t start_wall_ms;
         uint64_t next_serial;
 
         /* start-up */

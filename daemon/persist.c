@@ -19,14 +19,17 @@ static bool ledger_open(const Manager *m) {
 
 void persist_session(Session *s) {
         LedgerRecord rec = CWSANDBOXD__V1__LEDGER_RECORD__INIT;
+        Cwsandboxd__V1__LedgerSdkMetrics metrics;
         LedgerSession ls;
 
         if (!ledger_open(s->manager))
                 return;
-        session_record(s, &ls);
+        if (session_record(s, &ls, &metrics) < 0)
+                abort();
         rec.op_case = CWSANDBOXD__V1__LEDGER_RECORD__OP_SESSION_PUT;
         rec.session_put = &ls;
         (void)ledger_append(s->manager->ledger, &rec);
+        sdk_metrics_record_free(&metrics);
 }
 
 void persist_session_gone(Session *s) {
@@ -78,14 +81,17 @@ void persist_snapshot(void *userdata, Ledger *l) {
 
         while ((s = hashmap_next(&m->sessions_by_id, &it))) {
                 LedgerRecord rec = CWSANDBOXD__V1__LEDGER_RECORD__INIT;
+                Cwsandboxd__V1__LedgerSdkMetrics metrics;
                 LedgerSession ls;
 
                 if (s->closing)
                         continue;
-                session_record(s, &ls);
+                if (session_record(s, &ls, &metrics) < 0)
+                        abort();
                 rec.op_case = CWSANDBOXD__V1__LEDGER_RECORD__OP_SESSION_PUT;
                 rec.session_put = &ls;
                 ledger_snapshot_add(l, &rec);
+                sdk_metrics_record_free(&metrics);
                 for (Handle *h = s->handles; h; h = h->session_next) {
                         LedgerHandle lh;
 

@@ -19,6 +19,7 @@
 #include "manager.h"
 #include "merge.h"
 #include "ops.h"
+#include "persist.h"
 #include "session.h"
 
 #define STOP_GRACE_DEFAULT_S    10.0
@@ -128,28 +129,36 @@ static void req_detach(Manager *m, Call *call, const Cwsandboxd__V1__DetachSessi
         call_finish(call, NULL);
 }
 
-static void close_done(void *userdata, unsigned stopped, const Status *failures,
-                       const char *const *failed_ids, unsigned n_failures) {
+static void close_done(void *userdata, const SessionCloseResult *r) {
         Call *call = userdata;
         DaemonFrame f = CWSANDBOXD__V1__DAEMON_FRAME__INIT;
         Cwsandboxd__V1__CloseSessionReply reply = CWSANDBOXD__V1__CLOSE_SESSION_REPLY__INIT;
-        Cwsandboxd__V1__Error *errs = calloc(n_failures + 1, sizeof(*errs));
-        Cwsandboxd__V1__Error **ptrs = calloc(n_failures + 1, sizeof(*ptrs));
+        Cwsandboxd__V1__CloseSessionReply__MetricsEntry me[SDK_METRICS_MAX], *mptrs[SDK_METRICS_MAX];
+        Cwsandboxd__V1__Error *errs = calloc(r->n_failures + 1, sizeof(*errs));
+        Cwsandboxd__V1__Error **ptrs = calloc(r->n_failures + 1, sizeof(*ptrs));
 
         if (!errs || !ptrs)
                 abort();
-        for (unsigned i = 0; i < n_failures; i++) {
+        for (unsigned i = 0; i < r->n_failures; i++) {
                 cwsandboxd__v1__error__init(&errs[i]);
-                errs[i].code = failures[i].code;
-                errs[i].message = (char *)failures[i].message;
-                errs[i].reason = (char *)failures[i].reason;
-                errs[i].retry_delay_ms = failures[i].retry_delay_ms;
-                errs[i].sandbox_id = (char *)failed_ids[i];
+                errs[i].code = r->failures[i].code;
+                errs[i].message = (char *)r->failures[i].message;
+                errs[i].reason = (char *)r->failures[i].reason;
+                errs[i].retry_delay_ms = r->failures[i].retry_delay_ms;
+                errs[i].sandbox_id = (char *)r->failed_ids[i];
                 ptrs[i] = &errs[i];
         }
-        reply.stopped = stopped;
+        for (size_t i = 0; i < r->n_metrics; i++) {
+                cwsandboxd__v1__close_session_reply__metrics_entry__init(&me[i]);
+                me[i].key = (char *)r->metrics[i].name;
+                me[i].value = r->metrics[i].value;
+                mptrs[i] = &me[i];
+        }
+        reply.stopped = r->stopped;
         reply.failures = ptrs;
-        reply.n_failures = n_failures;
+        reply.n_failures = r->n_failures;
+        reply.metrics = mptrs;
+        reply.n_metrics = r->n_metrics;
         f.body_case = CWSANDBOXD__V1__DAEMON_FRAME__BODY_CLOSE_SESSION;
         f.close_session = &reply;
         call_finish(call, &f);
@@ -702,74 +711,89 @@ static void req_status(Manager *m, Call *call) {
         call_finish(call, &f);
 }
 
-/*
- * What the daemon counts today: connections, sessions, handles, backend
- * calls, reconciliation and the ledger. The SDK's per-session set comes with
- * the metrics work.
- */
-static void req_metrics(Manager *m, Call *call, const Cwsandboxd__V1__MetricsRequest *req) {
+typedef Cwsandboxd__V1__MetricsReply__ValuesEntry ValuesEntry;
+
+static void metrics_reply(Call *call, ValuesEntry *entries, size_t n, char *prometheus) {
         DaemonFrame f = CWSANDBOXD__V1__DAEMON_FRAME__INIT;
         Cwsandboxd__V1__MetricsReply reply = CWSANDBOXD__V1__METRICS_REPLY__INIT;
-        Cwsandboxd__V1__MetricsReply__ValuesEntry e[20 + 2 * _BACKEND_METHOD_MAX], *ptrs[ELEMENTSOF(e)];
-        char names[2 * _BACKEND_METHOD_MAX][64];
-        Session *s = NULL;
-        size_t n = 0;
+        _cleanup_free_ ValuesEntry **ptrs = calloc(n + 1, sizeof(*ptrs));
 
-        if (req->session_id && *req->session_id) {
-                s = session_or_fail(m, call, req->session_id);
-                if (!s)
-                        return;
-        }
-#define VALUE(k, v) do {                                                                \
-                cwsandboxd__v1__metrics_reply__values_entry__init(&e[n]);               \
-                e[n].key = (char *)(k);                                                 \
-                e[n].value = (double)(v);                                               \
-                ptrs[n] = &e[n];                                                        \
-                n++;                                                                    \
-        } while (0)
-        if (s)
-                VALUE("cwsandboxd/session_sandboxes", s->n_handles);
-        else {
-                VALUE("cwsandboxd/connections", server_connections(m->server));
-                VALUE("cwsandboxd/sessions", hashmap_size(&m->sessions_by_name));
-                VALUE("cwsandboxd/handles", hashmap_size(&m->handles_by_id));
-                VALUE("cwsandboxd/tracker_ticks", m->tracker.ticks);
-                VALUE("cwsandboxd/tracker_watched", m->tracker.n_watched);
-                VALUE("cwsandboxd/reconcile_passes", m->reaper.stats.passes);
-                VALUE("cwsandboxd/reconcile_failures", m->reaper.stats.pass_failures);
-                VALUE("cwsandboxd/orphans_reaped", m->reaper.stats.reaped);
-                VALUE("cwsandboxd/creates_resolved", m->reaper.stats.resolved);
-                VALUE("cwsandboxd/lifetime_stops", m->reaper.stats.lifetime_stops);
-                VALUE("cwsandboxd/stop_failures", m->reaper.stats.stop_failures);
-                VALUE("cwsandboxd/stop_retries", m->reaper.stats.stop_retries);
-                VALUE("cwsandboxd/stops_pending", reaper_pending_stops(&m->reaper));
-                if (m->ledger) {
-                        const LedgerStats *ls = ledger_stats(m->ledger);
-
-                        VALUE("cwsandboxd/ledger_records", ls->records);
-                        VALUE("cwsandboxd/ledger_syncs", ls->syncs);
-                        VALUE("cwsandboxd/ledger_compactions", ls->compactions);
-                        VALUE("cwsandboxd/ledger_write_errors", ls->write_errors);
-                        VALUE("cwsandboxd/ledger_bytes", ls->file_bytes);
-                }
-                for (int i = 0; i < _BACKEND_METHOD_MAX; i++) {
-                        const BackendMethodStats *bs = backend_stats(m->backend, (BackendMethod)i);
-
-                        snprintf(names[2 * i], sizeof(names[0]), "cwsandboxd/backend_calls/%s",
-                                 backend_method_name((BackendMethod)i));
-                        snprintf(names[2 * i + 1], sizeof(names[0]), "cwsandboxd/backend_errors/%s",
-                                 backend_method_name((BackendMethod)i));
-                        VALUE(names[2 * i], bs->calls);
-                        VALUE(names[2 * i + 1], bs->errors);
-                }
-        }
-#undef VALUE
+        if (!ptrs)
+                abort();
+        for (size_t i = 0; i < n; i++)
+                ptrs[i] = &entries[i];
         reply.values = ptrs;
         reply.n_values = n;
-        reply.prometheus_text = (char *)"";
+        reply.prometheus_text = prometheus ? prometheus : (char *)"";
         f.body_case = CWSANDBOXD__V1__DAEMON_FRAME__BODY_METRICS;
         f.metrics = &reply;
         call_finish(call, &f);
+}
+
+/*
+ * A session's cwsandbox/... set. Read and reset happen in one turn of the
+ * loop, so no exec is lost or counted twice between them; the reset is
+ * recorded, so a restart does not bring back what was read.
+ */
+static void session_metrics(Call *call, Session *s, bool reset, bool prometheus) {
+        SdkMetricValue v[SDK_METRICS_MAX];
+        ValuesEntry e[SDK_METRICS_MAX];
+        size_t n = sdk_metrics_values(&s->metrics, v);
+        _cleanup_free_ char *text = NULL;
+
+        if (prometheus && !(text = metrics_session_prometheus(s, v, n))) {
+                fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+                return;
+        }
+        for (size_t i = 0; i < n; i++) {
+                cwsandboxd__v1__metrics_reply__values_entry__init(&e[i]);
+                e[i].key = (char *)v[i].name;
+                e[i].value = v[i].value;
+        }
+        metrics_reply(call, e, n, text);
+        if (reset) {
+                sdk_metrics_reset(&s->metrics);
+                persist_session(s);
+        }
+}
+
+static void host_metrics(Manager *m, Call *call, bool prometheus) {
+        _cleanup_free_ char *text = NULL;
+        _cleanup_free_ ValuesEntry *e = NULL;
+        MetricsValue *v = NULL;
+        size_t n = 0;
+
+        if (metrics_values(m, &v, &n) < 0 || (prometheus && !(text = metrics_prometheus(m))) ||
+            !(e = calloc(n + 1, sizeof(*e)))) {
+                if (v)
+                        metrics_values_free(v, n);
+                fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+                return;
+        }
+        for (size_t i = 0; i < n; i++) {
+                cwsandboxd__v1__metrics_reply__values_entry__init(&e[i]);
+                e[i].key = v[i].series;
+                e[i].value = v[i].value;
+        }
+        metrics_reply(call, e, n, text);
+        metrics_values_free(v, n);
+}
+
+static void req_metrics(Manager *m, Call *call, const Cwsandboxd__V1__MetricsRequest *req) {
+        Session *s;
+
+        if (!req->session_id || !*req->session_id) {
+                if (req->reset) {
+                        fail(call, GRPC_STATUS_INVALID_ARGUMENT, "reset: only a session's metrics can be reset; "
+                             "the host-wide ones are counters that only grow");
+                        return;
+                }
+                host_metrics(m, call, req->prometheus);
+                return;
+        }
+        s = session_or_fail(m, call, req->session_id);
+        if (s)
+                session_metrics(call, s, req->reset, req->prometheus);
 }
 
 /* ---- dispatch ------------------------------------------------------------------------------ */

@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include <ctype.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -100,6 +101,7 @@ static void session_freed(uv_handle_t *t) {
         Session *s = container_of((uv_timer_t *)t, Session, linger_timer);
 
         merge_defaults_free(s->defaults);
+        sdk_metrics_reset(&s->metrics);
         free(s->conns);
         free(s->tag);
         free(s->name);
@@ -134,7 +136,8 @@ static grpc_status_code check_name(const char *name, Status *st) {
 
 /* Allocate @s's fields from what is known; the caller has validated them. */
 static Session *session_alloc(Manager *m, const char *id, const char *name, uid_t owner, int32_t linger_s,
-                              int32_t max_lifetime_s, Cwsandboxd__V1__SandboxDefaults *defaults) {
+                              int32_t max_lifetime_s, Cwsandboxd__V1__SandboxDefaults *defaults,
+                              const SessionLimits *limits) {
         Session *s = calloc(1, sizeof(*s));
 
         if (!s)
@@ -147,6 +150,9 @@ static Session *session_alloc(Manager *m, const char *id, const char *name, uid_
         s->max_lifetime_s = max_lifetime_s;
         s->defaults = defaults;
         s->created_ms = manager_wall_ms();
+        s->limits = *limits;
+        admission_scope_init(&m->admission, &s->admission, limits->max_sandboxes, limits->max_creates_per_second);
+        sdk_metrics_init(&s->metrics);
         if (!s->id || !s->name || asprintf(&s->tag, MANAGER_SESSION_TAG_PREFIX "%s", s->id) < 0)
                 abort();
         uv_timer_init(m->loop, &s->linger_timer);
@@ -155,10 +161,37 @@ static Session *session_alloc(Manager *m, const char *id, const char *name, uid_
         return s;
 }
 
+/*
+ * A session's admission limits: its own when given, else the daemon's
+ * session_max_*; its own may be lower than those, not higher.
+ */
+static grpc_status_code session_limits(Manager *m, const Cwsandboxd__V1__AttachSessionRequest *req, Status *st,
+                                       SessionLimits *ret) {
+        uint64_t cap_alive = m->config->session_max_sandboxes;
+        double cap_rate = m->config->session_max_creates_per_second;
+        double rate = req->max_creates_per_second;
+
+        if (!(rate >= 0) || rate > CONFIG_RATE_MAX)
+                return status_set(st, GRPC_STATUS_INVALID_ARGUMENT,
+                                  "max_creates_per_second: must be 0 (the daemon's) to %d", CONFIG_RATE_MAX);
+        if (cap_alive > 0 && req->max_sandboxes > cap_alive)
+                return status_set(st, GRPC_STATUS_INVALID_ARGUMENT,
+                                  "max_sandboxes: %u is above the daemon's limit per session (%" PRIu64 ")",
+                                  req->max_sandboxes, cap_alive);
+        if (cap_rate > 0 && rate > cap_rate)
+                return status_set(st, GRPC_STATUS_INVALID_ARGUMENT,
+                                  "max_creates_per_second: %g is above the daemon's limit per session (%g)",
+                                  rate, cap_rate);
+        ret->max_sandboxes = req->max_sandboxes ? req->max_sandboxes : (uint32_t)cap_alive;
+        ret->max_creates_per_second = rate > 0 ? rate : cap_rate;
+        return GRPC_STATUS_OK;
+}
+
 static grpc_status_code session_new(Manager *m, const Cwsandboxd__V1__AttachSessionRequest *req, uid_t owner,
                                     Status *st, Session **ret) {
         _cleanup_free_ char *error = NULL;
         Cwsandboxd__V1__SandboxDefaults *defaults;
+        SessionLimits limits;
         Session *s;
         int r;
 
@@ -166,6 +199,8 @@ static grpc_status_code session_new(Manager *m, const Cwsandboxd__V1__AttachSess
                 return status_set(st, GRPC_STATUS_INVALID_ARGUMENT, "linger_seconds: must be -1 (never), 0 or more");
         if (req->max_lifetime_seconds < 0)
                 return status_set(st, GRPC_STATUS_INVALID_ARGUMENT, "max_lifetime_seconds: must be 0 (none) or more");
+        if (session_limits(m, req, st, &limits) != GRPC_STATUS_OK)
+                return st->code;
         r = merge_defaults_new(req->defaults, &defaults, &error);
         if (r == MERGE_E_INVALID)
                 return status_set(st, GRPC_STATUS_INVALID_ARGUMENT, "defaults: %s", error ? error : "invalid");
@@ -173,7 +208,7 @@ static grpc_status_code session_new(Manager *m, const Cwsandboxd__V1__AttachSess
                 return status_set(st, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         s = session_alloc(m, NULL, req->name, owner,
                           req->has_linger ? req->linger_seconds : (int32_t)m->config->default_linger_seconds,
-                          req->max_lifetime_seconds, defaults);
+                          req->max_lifetime_seconds, defaults, &limits);
         log_full(LOG_LEVEL_INFO, s->id, NULL, "session '%s' created by uid %u (linger %d s)",
                  s->name, (unsigned)owner, (int)s->linger_s);
         persist_session(s);
@@ -184,6 +219,10 @@ static grpc_status_code session_new(Manager *m, const Cwsandboxd__V1__AttachSess
 Session *session_restore(Manager *m, const Cwsandboxd__V1__LedgerSession *rec) {
         _cleanup_free_ char *error = NULL;
         Cwsandboxd__V1__SandboxDefaults *defaults;
+        SessionLimits limits = {
+                .max_sandboxes = rec->max_sandboxes,
+                .max_creates_per_second = rec->max_creates_per_second,
+        };
         Session *s;
 
         if (!*rec->id || check_name(rec->name, &(Status) { 0 }) != GRPC_STATUS_OK ||
@@ -194,14 +233,24 @@ Session *session_restore(Manager *m, const Cwsandboxd__V1__LedgerSession *rec) {
                 return NULL;
         }
         s = session_alloc(m, rec->id, rec->name, (uid_t)rec->owner_uid, rec->linger_seconds,
-                          rec->max_lifetime_seconds, defaults);
+                          rec->max_lifetime_seconds, defaults, &limits);
         s->created_ms = rec->created_ms;
+        if (rec->metrics && sdk_metrics_from_record(&s->metrics, rec->metrics) < 0)
+                log_full(LOG_LEVEL_WARNING, s->id, NULL, "ledger: out of memory restoring the session's metrics");
         log_full(LOG_LEVEL_INFO, s->id, NULL, "session '%s' of uid %u restored", s->name, (unsigned)s->owner);
         return s;
 }
 
-void session_record(const Session *s, Cwsandboxd__V1__LedgerSession *out) {
+int session_record(const Session *s, Cwsandboxd__V1__LedgerSession *out,
+                   Cwsandboxd__V1__LedgerSdkMetrics *metrics) {
         cwsandboxd__v1__ledger_session__init(out);
+        out->max_sandboxes = s->limits.max_sandboxes;
+        out->max_creates_per_second = s->limits.max_creates_per_second;
+        if (metrics) {
+                if (sdk_metrics_to_record(&s->metrics, metrics) < 0)
+                        return -ENOMEM;
+                out->metrics = metrics;
+        }
         out->id = s->id;
         out->name = s->name;
         out->owner_uid = (uint32_t)s->owner;
@@ -209,6 +258,7 @@ void session_record(const Session *s, Cwsandboxd__V1__LedgerSession *out) {
         out->linger_seconds = s->linger_s;
         out->max_lifetime_seconds = s->max_lifetime_s;
         out->created_ms = s->created_ms;
+        return 0;
 }
 
 grpc_status_code session_attach(Manager *m, Conn *conn, const Cwsandboxd__V1__AttachSessionRequest *req,
@@ -267,14 +317,28 @@ void session_detach(Session *s, Conn *conn) {
 static void close_finish(Session *s) {
         SessionCloser *c = s->closer;
         CloseWaiter *w, *next;
+        SdkMetricValue metrics[SDK_METRICS_MAX];
+        SessionCloseResult result = {
+                .stopped = c->stopped,
+                .failures = c->failures,
+                .failed_ids = (const char *const *)c->failed_ids,
+                .n_failures = c->n_failures,
+                .metrics = metrics,
+                .n_metrics = sdk_metrics_values(&s->metrics, metrics),
+        };
+        char summary[512];
 
         log_full(c->n_failures && !s->manager->stopping ? LOG_LEVEL_WARNING : LOG_LEVEL_INFO, s->id, NULL,
                  "session '%s' closed: %u sandbox(es) stopped, %u failed%s", s->name, c->stopped, c->n_failures,
                  c->n_failures ? " (stops are retried until the sandboxes are gone)" : "");
+        if (sdk_metrics_any(&s->metrics)) {
+                sdk_metrics_summary(metrics, result.n_metrics, summary, sizeof(summary));
+                log_full(LOG_LEVEL_INFO, s->id, NULL, "session '%s' final metrics: %s", s->name, summary);
+        }
         for (w = c->waiters; w; w = next) {
                 next = w->next;
                 if (w->fn)
-                        w->fn(w->userdata, c->stopped, c->failures, (const char *const *)c->failed_ids, c->n_failures);
+                        w->fn(w->userdata, &result);
                 free(w);
         }
         for (unsigned i = 0; i < c->n_failures; i++)
@@ -391,6 +455,8 @@ void session_to_pb(const Session *s, Cwsandboxd__V1__Session *out) {
         out->linger_seconds = s->linger_s;
         out->sandbox_count = s->n_handles;
         out->connections = s->connections;
+        out->max_sandboxes = s->limits.max_sandboxes;
+        out->max_creates_per_second = s->limits.max_creates_per_second;
 }
 
 void session_add_handle(Session *s, Handle *h) {
@@ -407,6 +473,9 @@ void session_add_handle(Session *s, Handle *h) {
         (void)hashmap_put(&m->handles_by_id, h->id, h);
         if (h->sandbox_id)
                 (void)hashmap_put(&m->handles_by_sandbox, h->sandbox_id, h);
+        /* An adopted or restored sandbox is alive without a grant: it counts all the same. */
+        if (h->sandbox_id && !handle_is_terminal(h))
+                admission_hold(&m->admission, &h->admission, &s->admission);
 }
 
 void session_remove_handle(Session *s, Handle *h) {
@@ -418,6 +487,7 @@ void session_remove_handle(Session *s, Handle *h) {
                 h->session_next->session_prev = h->session_prev;
         h->session_next = h->session_prev = NULL;
         h->session = NULL;
+        admission_leave_scope(&s->manager->admission, &h->admission);
         s->n_handles--;
         handle_unref(h);
 }
@@ -486,11 +556,10 @@ typedef struct CloseAll {
         void *userdata;
 } CloseAll;
 
-static void close_all_one(void *userdata, unsigned stopped, const Status *failures, const char *const *failed_ids,
-                          unsigned n_failures) {
+static void close_all_one(void *userdata, const SessionCloseResult *result) {
         CloseAll *ca = userdata;
 
-        (void)stopped, (void)failures, (void)failed_ids, (void)n_failures;
+        (void)result;
         if (--ca->pending == 0) {
                 ca->done(ca->userdata);
                 free(ca);
@@ -512,7 +581,7 @@ void session_close_all(Manager *m, void (*done)(void *userdata), void *userdata)
         ca->pending += (unsigned)n;
         for (size_t i = 0; i < n; i++)
                 session_close(v[i], close_all_one, ca);
-        close_all_one(ca, 0, NULL, NULL, 0);
+        close_all_one(ca, NULL);
 }
 
 void session_free_all(Manager *m) {

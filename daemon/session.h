@@ -19,9 +19,16 @@
 
 #include "cwsandboxd/v1/cwsandboxd.pb-c.h"
 #include "cwsandboxd/v1/ledger.pb-c.h"
+#include "admission.h"
 #include "manager.h"
+#include "sdkmetrics.h"
 
 typedef struct SessionCloser SessionCloser;
+
+typedef struct SessionLimits {
+        uint32_t max_sandboxes;         /* 0 = none */
+        double max_creates_per_second;  /* 0 = none */
+} SessionLimits;
 
 struct Session {
         Manager *manager;
@@ -44,6 +51,9 @@ struct Session {
 
         bool closing;
         SessionCloser *closer;
+        SessionLimits limits;
+        AdmissionScope admission;       /* its own limits, on top of the host's */
+        SdkMetrics metrics;             /* the SDK's cwsandbox/... set */
 };
 
 /* What a connection holds: its attached sessions and its connection-scoped handles. */
@@ -66,12 +76,22 @@ grpc_status_code session_attach(Manager *m, Conn *conn, const Cwsandboxd__V1__At
  */
 void session_detach(Session *s, Conn *conn);
 
+/* How a close ended: the stops, and the session's metrics not read before (the SDK's final flush). */
+typedef struct SessionCloseResult {
+        unsigned stopped;
+        const Status *failures;
+        const char *const *failed_ids;
+        unsigned n_failures;
+        const SdkMetricValue *metrics;
+        size_t n_metrics;
+} SessionCloseResult;
+
 /**
- * session_close() - close @s: stop every handle concurrently, then free it.
- * @done (may be NULL) runs with the number stopped and the failures.
+ * session_close() - close @s: stop every handle concurrently, flush its
+ * metrics into the close's result and the log, then free it. @done (may be
+ * NULL) runs with the result.
  */
-typedef void (*SessionClosedFn)(void *userdata, unsigned stopped,
-                                const Status *failures, const char *const *failed_ids, unsigned n_failures);
+typedef void (*SessionClosedFn)(void *userdata, const SessionCloseResult *result);
 void session_close(Session *s, SessionClosedFn done, void *userdata);
 
 /**
@@ -87,8 +107,11 @@ Session *session_lookup(Manager *m, const Conn *conn, const char *id, Status *st
  */
 Session *session_restore(Manager *m, const Cwsandboxd__V1__LedgerSession *rec);
 
-/* @s as a ledger record (strings point into @s). */
-void session_record(const Session *s, Cwsandboxd__V1__LedgerSession *out);
+/*
+ * @s as a ledger record (strings point into @s); with @metrics (free it with
+ * sdk_metrics_record_free()) its metrics too. Returns 0 or -ENOMEM.
+ */
+int session_record(const Session *s, Cwsandboxd__V1__LedgerSession *out, Cwsandboxd__V1__LedgerSdkMetrics *metrics);
 
 /* Fill a Session message (strings point into @s; valid while @s lives). */
 void session_to_pb(const Session *s, Cwsandboxd__V1__Session *out);

@@ -2,7 +2,6 @@
  * cwsandboxctl status and metrics: what the daemon says about itself.
  */
 #define _GNU_SOURCE
-#include <ctype.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,10 +23,11 @@ static const char status_help[] =
 static const char metrics_help[] =
         "Usage: cwsandboxctl metrics [--session NAME] [--reset] [--prometheus] [-o table|json]\n"
         "\n"
-        "The daemon's counters: host-wide, or for one session.\n"
+        "The daemon's metrics: host-wide (cwsandboxd_* series), or one session's\n"
+        "(the SDK's cwsandbox/... set).\n"
         "\n"
-        "  --session NAME   the counters of session NAME\n"
-        "  --reset          clear the counters after reading them (where the daemon supports it)\n"
+        "  --session NAME   the metrics of session NAME\n"
+        "  --reset          with --session: zero them in the same step as the read\n"
         "  --prometheus     print the Prometheus text format instead of a table\n"
         "\n"
         "JSON: {\"metrics\": {NAME: number...}, \"prometheus_text\": str}\n"
@@ -133,37 +133,6 @@ int cmd_status(Ctl *ctl, int argc, char **argv) {
 
 /* ---- metrics -------------------------------------------------------------------------------- */
 
-/* "cwsandboxd/backend_calls/Get" -> "cwsandboxd_backend_calls_Get": Prometheus names are [a-zA-Z0-9_:]. */
-static void prometheus_name(const char *name, char *buf, size_t size) {
-        size_t n = 0;
-
-        for (; *name && n + 1 < size; name++)
-                buf[n++] = isalnum((unsigned char)*name) || *name == '_' ? *name : '_';
-        buf[n] = 0;
-}
-
-/* The daemon fills prometheus_text only once it has its own exporter; until then it is made here. */
-static char *prometheus_text(const cws_metrics *m) {
-        char *text = NULL;
-        size_t size = 0;
-        FILE *f = open_memstream(&text, &size);
-
-        if (!f)
-                abort();
-        if (m->prometheus_text && *m->prometheus_text)
-                fputs(m->prometheus_text, f);
-        else
-                for (size_t i = 0; i < m->n_metrics; i++) {
-                        char name[256];
-
-                        prometheus_name(m->metrics[i].name, name, sizeof(name));
-                        fprintf(f, "# TYPE %s gauge\n%s %.17g\n", name, name, m->metrics[i].value);
-                }
-        if (fclose(f) != 0)
-                abort();
-        return text;
-}
-
 static void metrics_print_json(const cws_metrics *m, const char *prom) {
         Json j;
 
@@ -204,7 +173,6 @@ int cmd_metrics(Ctl *ctl, int argc, char **argv) {
                 { "prometheus", no_argument, NULL, OPT_PROMETHEUS },
                 {}
         };
-        _cleanup_free_ char *prom = NULL;
         const char *session_name = NULL;
         cws_session *session = NULL;
         bool reset = false, prometheus = false;
@@ -233,6 +201,8 @@ int cmd_metrics(Ctl *ctl, int argc, char **argv) {
         }
         if (optind < argc)
                 return ctl_usage(ctl, "unexpected argument '%s'", argv[optind]);
+        if (reset && !session_name)
+                return ctl_usage(ctl, "--reset needs --session: the host-wide counters only grow");
         r = ctl_connect(ctl);
         if (r != 0)
                 return r;
@@ -245,12 +215,10 @@ int cmd_metrics(Ctl *ctl, int argc, char **argv) {
         cws_session_free(session);
         if (r != 0)
                 return ctl_fail(ctl, NULL, r, &err);
-        if (prometheus)
-                prom = prometheus_text(m);
         if (ctl->output == CTL_OUTPUT_JSON)
-                metrics_print_json(m, prom);
+                metrics_print_json(m, prometheus ? m->prometheus_text : NULL);
         else if (prometheus)
-                fputs(prom, stdout);
+                fputs(m->prometheus_text, stdout);
         else
                 metrics_print_table(m);
         cws_metrics_free(m);

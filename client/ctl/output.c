@@ -22,7 +22,8 @@
  *   session object:
  *     {"session_id": str, "name": str, "owner_uid": int,
  *      "linger_seconds": int (-1 = never), "sandbox_count": int,
- *      "connections": int, "created": bool (this command created it)}
+ *      "connections": int, "created": bool (this command created it),
+ *      "max_sandboxes": int, "max_creates_per_second": number (0 = no limit)}
  *
  *   status          {"socket": str, "daemon_version": str, "backend_kind": str,
  *                    "backend_url": str, "uptime_ms": int, "sessions": int,
@@ -32,7 +33,8 @@
  *   session ls      [session object...]
  *   session close   {"session_id": str, "name": str, "stopped": int,
  *                    "failures": [{"sandbox_id": str, "code": str,
- *                                  "message": str, "reason": str}...]}
+ *                                  "message": str, "reason": str}...],
+ *                    "metrics": {NAME: number...}}
  *   session adopt   [sandbox object...]
  *   run             sandbox object
  *   ls              [sandbox object...]
@@ -233,6 +235,10 @@ void json_session(Json *j, const cws_session *s) {
         json_int(j, s->connections);
         json_key(j, "created");
         json_bool(j, s->created);
+        json_key(j, "max_sandboxes");
+        json_int(j, s->max_sandboxes);
+        json_key(j, "max_creates_per_second");
+        json_double(j, s->max_creates_per_second);
         json_object_end(j);
 }
 

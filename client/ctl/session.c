@@ -17,6 +17,7 @@
 
 static const char session_help[] =
         "Usage: cwsandboxctl session create NAME [--tag T]... [--image I] [--env K=V]... [--linger S]\n"
+        "                                   [--max-sandboxes N] [--max-creates-per-second R]\n"
         "       cwsandboxctl session ls\n"
         "       cwsandboxctl session close NAME\n"
         "       cwsandboxctl session adopt NAME ID...\n"
@@ -27,7 +28,9 @@ static const char session_help[] =
         "create  Create session NAME (an error if it exists). --tag, --image and --env\n"
         "        are the defaults of its sandboxes. --linger S: close it S seconds after\n"
         "        its last client leaves (0 = at once, -1 = never; default -1, since\n"
-        "        this command leaves at once).\n"
+        "        this command leaves at once). --max-sandboxes N and\n"
+        "        --max-creates-per-second R: admission limits of this session on top of\n"
+        "        the host's (at most the daemon's session_max_* when those are set).\n"
         "ls      The sessions the caller may see.\n"
         "close   Stop every sandbox of NAME and end it. Exits 1 if any did not stop.\n"
         "adopt   Make sandboxes that are in no session part of NAME: they stop when it\n"
@@ -38,7 +41,8 @@ static const char session_help[] =
         "                \"created\": bool}\n"
         "      ls      [session object...]\n"
         "      close   {\"session_id\": str, \"name\": str, \"stopped\": int, \"failures\":\n"
-        "                [{\"sandbox_id\": str, \"code\": str, \"message\": str, \"reason\": str}...]}\n"
+        "                [{\"sandbox_id\": str, \"code\": str, \"message\": str, \"reason\": str}...],\n"
+        "                \"metrics\": {NAME: number...}} (its final cwsandbox/... metrics)\n"
         "      adopt   [sandbox object...] (see 'cwsandboxctl get --help')\n";
 
 /* Parses the options of a subcommand; returns CTL_GO_ON to go on or an exit code. */
@@ -57,13 +61,15 @@ static int parse_common_only(Ctl *ctl, int argc, char **argv) {
 }
 
 static int session_create(Ctl *ctl, int argc, char **argv) {
-        enum { OPT_TAG = 0x200, OPT_IMAGE, OPT_ENV, OPT_LINGER };
+        enum { OPT_TAG = 0x200, OPT_IMAGE, OPT_ENV, OPT_LINGER, OPT_MAX_SANDBOXES, OPT_MAX_RATE };
         static const struct option options[] = {
                 CTL_COMMON_LONG_OPTIONS,
                 { "tag", required_argument, NULL, OPT_TAG },
                 { "image", required_argument, NULL, OPT_IMAGE },
                 { "env", required_argument, NULL, OPT_ENV },
                 { "linger", required_argument, NULL, OPT_LINGER },
+                { "max-sandboxes", required_argument, NULL, OPT_MAX_SANDBOXES },
+                { "max-creates-per-second", required_argument, NULL, OPT_MAX_RATE },
                 {}
         };
         cws_sandbox_defaults defaults = {};
@@ -95,6 +101,20 @@ static int session_create(Ctl *ctl, int argc, char **argv) {
                                 goto out;
                         }
                         opts.linger_seconds = (int32_t)v;
+                        break;
+                case OPT_MAX_SANDBOXES:
+                        if (ctl_parse_int(optarg, 0, UINT32_MAX, &v) < 0) {
+                                r = ctl_usage(ctl, "--max-sandboxes: expected a count (0 = none), not '%s'", optarg);
+                                goto out;
+                        }
+                        opts.max_sandboxes = (uint32_t)v;
+                        break;
+                case OPT_MAX_RATE:
+                        if (ctl_parse_seconds(optarg, &opts.max_creates_per_second) < 0) {
+                                r = ctl_usage(ctl, "--max-creates-per-second: expected a rate (0 = none), not '%s'",
+                                              optarg);
+                                goto out;
+                        }
                         break;
                 default:
                         r = ctl_common_option(ctl, c, session_help);
@@ -221,6 +241,13 @@ static void close_print_json(const cws_session *s, const cws_close_result *res) 
                 json_object_end(&j);
         }
         json_array_end(&j);
+        json_key(&j, "metrics");
+        json_object_begin(&j);
+        for (size_t i = 0; res->metrics && i < res->metrics->n_metrics; i++) {
+                json_key(&j, res->metrics->metrics[i].name);
+                json_double(&j, res->metrics->metrics[i].value);
+        }
+        json_object_end(&j);
         json_object_end(&j);
         json_end(&j);
 }

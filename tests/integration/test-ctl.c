@@ -213,7 +213,7 @@ static void test_status(void) {
 }
 
 #define SESSION_KEYS "{\"session_id\",\"name\",\"owner_uid\",\"linger_seconds\",\"sandbox_count\"," \
-                     "\"connections\",\"created\"}"
+                     "\"connections\",\"created\",\"max_sandboxes\",\"max_creates_per_second\"}"
 #define SANDBOX_KEYS "{\"sandbox_id\",\"handle_id\",\"session_id\",\"state\",\"state_reason\",\"exit_code\"," \
                      "\"tags\",\"create_time_ms\",\"start_time_ms\",\"end_time_ms\",\"scope\",\"container_image\"}"
 
@@ -231,6 +231,11 @@ static void test_sessions(void) {
         is_int(r, 1, "session create of an existing name: exit 1");
         check_error_line(err, "session create of an existing name");
         sh_is(2, "session create --linger -2: exit 2", "$C session create bad --linger -2");
+        sh_is(0, "session create --max-sandboxes 3 --max-creates-per-second 1.5: the session's own limits",
+              "$C -o json session create ctl-limits --linger 0 --max-sandboxes 3 --max-creates-per-second 1.5 | "
+              "python3 -c 'import json,sys; d=json.load(sys.stdin); "
+              "assert d[\"max_sandboxes\"] == 3 and d[\"max_creates_per_second\"] == 1.5, d'");
+        sh_is(2, "session create --max-sandboxes -1: exit 2", "$C session create bad --max-sandboxes -1");
 
         free(out);
         r = sh(&out, NULL, "$C session ls");
@@ -409,18 +414,19 @@ static void test_metrics(void) {
         int r;
 
         r = sh(&out, NULL, "$C metrics");
-        ok(r == 0 && strstr(out, "NAME") && strstr(out, "cwsandboxd/sessions"), "metrics: a table");
+        ok(r == 0 && strstr(out, "NAME") && strstr(out, "cwsandboxd_sessions"), "metrics: a table");
         sh_is(0, "metrics -o json: numbers by name",
               "$C -o json metrics | python3 -c 'import json,sys; d=json.load(sys.stdin); "
               "assert set(d) == {\"metrics\",\"prometheus_text\"} and d[\"prometheus_text\"] == \"\", d; "
               "assert all(isinstance(v, (int, float)) for v in d[\"metrics\"].values()), d; "
-              "assert d[\"metrics\"][\"cwsandboxd/sessions\"] >= 1, d'");
+              "assert d[\"metrics\"][\"cwsandboxd_sessions\"] >= 1, d'");
         free(out);
-        r = sh(&out, NULL, "$C metrics --prometheus --reset");
+        r = sh(&out, NULL, "$C metrics --prometheus");
         ok(r == 0 && strstr(out, "# TYPE cwsandboxd_sessions gauge"), "metrics --prometheus: the text format");
+        sh_is(2, "metrics --reset without --session: refused (host-wide counters only grow)", "$C metrics --reset");
         sh_is(0, "metrics --session: the session's",
               "$C -o json metrics --session ctl-test | python3 -c 'import json,sys; d=json.load(sys.stdin); "
-              "assert d[\"metrics\"][\"cwsandboxd/session_sandboxes\"] >= 2, d'");
+              "assert d[\"metrics\"][\"cwsandbox/sandboxes_created\"] >= 2, d'");
         sh_is(3, "metrics --session of an unknown name: exit 3", "$C metrics --session no-such-session");
 }
 
@@ -497,7 +503,7 @@ static void test_stop_delete_close(void) {
 
         sh_is(0, "session close -o json: its sandboxes stopped, no failures",
               "$C -o json session close ctl-test | python3 -c 'import json,sys; d=json.load(sys.stdin); "
-              "assert set(d) == {\"session_id\",\"name\",\"stopped\",\"failures\"} and d[\"name\"] == \"ctl-test\", d; "
+              "assert set(d) == {\"session_id\",\"name\",\"stopped\",\"failures\",\"metrics\"} and d[\"name\"] == \"ctl-test\", d; assert d[\"metrics\"][\"cwsandbox/executions\"] >= 1, d; "
               "assert d[\"stopped\"] >= 3 and d[\"failures\"] == [], d'");
         free(out);
         r = sh(&out, NULL, "$C get %s", id_a);

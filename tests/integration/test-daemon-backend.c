@@ -503,7 +503,7 @@ static void test_not_found(void) {
                 answered += stats->by_code[i];
         ok(stats->by_code[GRPC_STATUS_NOT_FOUND] >= 1 && stats->errors >= 1 && stats->by_code[GRPC_STATUS_OK] >= 1,
            "GetSandbox stats count OK and NOT_FOUND calls");
-        ok(stats->calls == answered && stats->latency_us_sum > 0, "every GetSandbox call ended and has a latency");
+        ok(stats->calls == answered && stats->latency.count == answered && stats->latency.sum > 0, "every GetSandbox call ended and has a latency");
 }
 
 static bool exec_ready_or_done(const void *arg) {

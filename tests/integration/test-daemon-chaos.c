@@ -687,8 +687,8 @@ static int wait_settled(const char *keep_sid) {
 
 static void diag_metrics(FrameClient *c) {
         static const char *const names[] = {
-                "cwsandboxd/orphans_reaped", "cwsandboxd/creates_resolved", "cwsandboxd/stop_failures",
-                "cwsandboxd/stops_pending", "cwsandboxd/reconcile_failures", "cwsandboxd/handles",
+                "cwsandboxd_orphans_reaped_total", "cwsandboxd_creates_resolved_total", "cwsandboxd_stop_failures_total",
+                "cwsandboxd_stops_pending", "cwsandboxd_reconcile_failures_total", "cwsandboxd_sandboxes{state=\"RUNNING\"}",
         };
 
         for (size_t i = 0; i < ELEMENTSOF(names); i++) {

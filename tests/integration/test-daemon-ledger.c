@@ -442,7 +442,7 @@ static void test_damaged(Damage kind) {
 
         /* What the readable records own stays; what only lost records named is reaped. */
         n_live = restart_env_wait_live(&env, "cwsandboxd", damages[kind].keeps_last_but_one ? 1 : 0, WAIT_MS);
-        ok(wait_metric(c, "cwsandboxd/orphans_reaped", true, damages[kind].keeps_last_but_one ? 1 : 2) >=
+        ok(wait_metric(c, "cwsandboxd_orphans_reaped_total", true, damages[kind].keeps_last_but_one ? 1 : 2) >=
            (damages[kind].keeps_last_but_one ? 1 : 2), "%s: the sandboxes of lost records are reaped", name);
         is_int(list_sessions(c, &list, &tracked), damages[kind].keeps_last_but_one ? 1 : 0,
                "%s: sessions the daemon restored", name);
@@ -509,11 +509,11 @@ static void test_close_while_deletes_fail(void) {
         ok(r == 0 && stopped + failed == 1, "delete faults: the close answers for its one sandbox");
         is_int(wait_backend_terminal(a.sandbox_id), BC_STATE(TERMINATED),
                "delete faults: the sandbox ends TERMINATED on the backend anyway");
-        ok(metric(c, "cwsandboxd/stop_failures") >= 1, "delete faults: stop_failures counts the failures (%g)",
-           metric(c, "cwsandboxd/stop_failures"));
-        ok(metric(c, "cwsandboxd/stop_retries") >= 1, "delete faults: the stop was retried (%g)",
-           metric(c, "cwsandboxd/stop_retries"));
-        is_int((int)wait_metric(c, "cwsandboxd/stops_pending", false, 0), 0, "delete faults: no stop left pending");
+        ok(metric(c, "cwsandboxd_stop_failures_total") >= 1, "delete faults: stop_failures counts the failures (%g)",
+           metric(c, "cwsandboxd_stop_failures_total"));
+        ok(metric(c, "cwsandboxd_stop_retries_total") >= 1, "delete faults: the stop was retried (%g)",
+           metric(c, "cwsandboxd_stop_retries_total"));
+        is_int((int)wait_metric(c, "cwsandboxd_stops_pending", false, 0), 0, "delete faults: no stop left pending");
         is_int(restart_env_live(&env, "cwsandboxd", NULL), 0, "delete faults: nothing left on the backend");
         fail_deletes(0);
         frame_client_free(c);
@@ -535,10 +535,10 @@ static void test_orphan_while_deletes_fail(void) {
         c = restart_env_client(d);
         is_int(wait_backend_terminal(orphan.sandbox_id), BC_STATE(TERMINATED),
                "orphan faults: the orphan ends TERMINATED though DeleteSandbox failed");
-        ok(metric(c, "cwsandboxd/orphans_reaped") >= 1, "orphan faults: counted as reaped");
-        ok(metric(c, "cwsandboxd/stop_failures") >= 1, "orphan faults: stop_failures counts the failures (%g)",
-           metric(c, "cwsandboxd/stop_failures"));
-        is_int((int)wait_metric(c, "cwsandboxd/stops_pending", false, 0), 0, "orphan faults: no stop left pending");
+        ok(metric(c, "cwsandboxd_orphans_reaped_total") >= 1, "orphan faults: counted as reaped");
+        ok(metric(c, "cwsandboxd_stop_failures_total") >= 1, "orphan faults: stop_failures counts the failures (%g)",
+           metric(c, "cwsandboxd_stop_failures_total"));
+        is_int((int)wait_metric(c, "cwsandboxd_stops_pending", false, 0), 0, "orphan faults: no stop left pending");
         fail_deletes(0);
         close_all(c, "orphan faults");
         frame_client_free(c);
@@ -583,11 +583,11 @@ static void test_max_lifetime(void) {
         is_int(n, 0, "lifetime: the sandbox of the session with a %d s max lifetime is stopped", LIFETIME_S);
         diag("lifetime: gone from the backend %lld ms after its create was sent", (long long)(t_end - t0));
         ok(!early, "lifetime: not before it was %d s old", LIFETIME_S);
-        ok(metric(c, "cwsandboxd/lifetime_stops") >= 1, "lifetime: lifetime_stops counts it");
+        ok(metric(c, "cwsandboxd_lifetime_stops_total") >= 1, "lifetime: lifetime_stops counts it");
 
         /* Two more passes: the older sandbox of the session without a max lifetime stays. */
-        passes = metric(c, "cwsandboxd/reconcile_passes");
-        ok(wait_metric(c, "cwsandboxd/reconcile_passes", true, passes + 2) >= passes + 2,
+        passes = metric(c, "cwsandboxd_reconcile_passes_total");
+        ok(wait_metric(c, "cwsandboxd_reconcile_passes_total", true, passes + 2) >= passes + 2,
            "lifetime: two more reconcile passes ran");
         is_int(restart_env_live(&env, keep_tag, NULL), 1,
                "lifetime: the session without a max lifetime keeps its sandbox");
@@ -697,11 +697,11 @@ static long long cpu_ticks(pid_t pid) {
  */
 static void check_retry_pace(DaemonProc *d, FrameClient *c, const char *what) {
         int64_t t0 = test_mono_ms(), t1;
-        double e0 = metric(c, "cwsandboxd/ledger_write_errors"), e1;
+        double e0 = metric(c, "cwsandboxd_ledger_write_errors_total"), e1;
         long long cpu0 = cpu_ticks(d->pid), cpu1;
 
         test_sleep_ms(3000);
-        e1 = metric(c, "cwsandboxd/ledger_write_errors");
+        e1 = metric(c, "cwsandboxd_ledger_write_errors_total");
         cpu1 = cpu_ticks(d->pid);
         t1 = test_mono_ms();
         diag("%s: %g failed ledger writes and %lld ticks of daemon CPU time in %lld ms with nothing to do", what,
@@ -727,7 +727,7 @@ static void work_while_unwritable(DaemonProc *d, const char *what, const char *w
         DcInfo a, b, got;
         bool created = true;
         unsigned tracked = 0;
-        double e0 = metric(c, "cwsandboxd/ledger_write_errors");
+        double e0 = metric(c, "cwsandboxd_ledger_write_errors_total");
         int code = -1;
 
         is_int(dc_attach(c, what, pad_defaults(&pad), -1, &sid, NULL, &err), 0, "%s: attach a session", what);
@@ -740,8 +740,8 @@ static void work_while_unwritable(DaemonProc *d, const char *what, const char *w
         diag("%s: state_file_status: %s", what, status ? status : "(none)");
         ok(status && strstr(status, "cannot write") && strstr(status, why), "%s: status says the ledger cannot be "
            "written: %s", what, why);
-        ok(metric(c, "cwsandboxd/ledger_write_errors") >= 1, "%s: ledger_write_errors counts it (%g, %g before)",
-           what, metric(c, "cwsandboxd/ledger_write_errors"), e0);
+        ok(metric(c, "cwsandboxd_ledger_write_errors_total") >= 1, "%s: ledger_write_errors counts it (%g, %g before)",
+           what, metric(c, "cwsandboxd_ledger_write_errors_total"), e0);
         is_int(daemon_proc_signal(d, 0), 0, "%s: the daemon is alive", what);
         check_retry_pace(d, c, what);
 

@@ -165,10 +165,10 @@ static void test_interrupted_create_resolved(void) {
         c = restart_env_client(d);
         is_int(dc_attach(c, "interrupted", NULL, 30, &sid2, NULL, &err), 0, "interrupted: attach after the restart");
         is_str(sid2, sid, "interrupted: same session");
-        for (int64_t end = test_mono_ms() + WAIT_MS; metric(c, "cwsandboxd/creates_resolved") < 1 &&
+        for (int64_t end = test_mono_ms() + WAIT_MS; metric(c, "cwsandboxd_creates_resolved_total") < 1 &&
              test_mono_ms() < end;)
                 test_sleep_ms(50);
-        ok(metric(c, "cwsandboxd/creates_resolved") == 1, "interrupted: the restarted daemon resolved one create");
+        ok(metric(c, "cwsandboxd_creates_resolved_total") == 1, "interrupted: the restarted daemon resolved one create");
         is_int(dc_list(c, sid, NULL, false, false, &list, &err), 0, "interrupted: list the session");
         ok(list && list->sandboxes && list->sandboxes->n_sandboxes == 1,
            "interrupted: the session has one sandbox");
@@ -201,7 +201,7 @@ static void test_interrupted_create_abandoned(void) {
         is_int(restart_env_wait_live(&env, "cwsandboxd", 0, WAIT_MS), 0,
                "abandoned: the interrupted create's sandbox is stopped after the restart");
         c = restart_env_client(d);
-        ok(metric(c, "cwsandboxd/creates_resolved") + metric(c, "cwsandboxd/orphans_reaped") >= 1,
+        ok(metric(c, "cwsandboxd_creates_resolved_total") + metric(c, "cwsandboxd_orphans_reaped_total") >= 1,
            "abandoned: counted as resolved or reaped");
         test_strv_free(ids);
         frame_client_free(c);
@@ -230,7 +230,7 @@ static void test_connection_scope(void) {
         is_int(restart_env_wait_live(&env, "cwsandboxd", 1, WAIT_MS), 1,
                "conn-scope: after the restart only the session-scoped sandbox runs");
         c = restart_env_client(d);
-        ok(metric(c, "cwsandboxd/orphans_reaped") >= 1, "conn-scope: the other was reaped");
+        ok(metric(c, "cwsandboxd_orphans_reaped_total") >= 1, "conn-scope: the other was reaped");
         is_int(dc_list_count(c, sid, NULL, false, false, &n, &err), 0, "conn-scope: list");
         is_int((int)n, 1, "conn-scope: the session tracks one sandbox");
         is_int(dc_close_session(c, sid, NULL, NULL, &err), 0, "conn-scope: close");

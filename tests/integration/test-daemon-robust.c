@@ -219,7 +219,7 @@ static void other_uid_checks(ChildReport *rep, FrameClient *c, const RootOwned *
         {
                 double v;
 
-                expect_denied(rep, CHECK_METRICS, dc_metric(c, root->session_id, "cwsandboxd/session_sandboxes", &v,
+                expect_denied(rep, CHECK_METRICS, dc_metric(c, root->session_id, "cwsandbox/sandboxes_created", &v,
                                                             &err));
         }
         expect_denied(rep, CHECK_FOREIGN_GET, dc_get(c, root->foreign_id, true, &info, &err));

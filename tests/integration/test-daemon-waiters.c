@@ -2,7 +2,7 @@
  * Many waiters, one tracker: 200 sandboxes waited on at once must cost the
  * backend O(1) status calls per tracker tick, not one per sandbox. The calls
  * are counted by the embedded backend itself (Control.GetCounters), the
- * ticks by the daemon (metric cwsandboxd/tracker_ticks).
+ * ticks by the daemon (metric cwsandboxd_tracker_ticks_total).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -141,12 +141,12 @@ int main(void) {
         is_int(bc_get_counters(backend, true, &counters, NULL), 0, "backend counters reset");
         bc_free(counters);
         counters = NULL;
-        is_int(dc_metric(c, NULL, "cwsandboxd/tracker_ticks", &ticks0, NULL), 0, "tracker ticks before");
+        is_int(dc_metric(c, NULL, "cwsandboxd_tracker_ticks_total", &ticks0, NULL), 0, "tracker ticks before");
 
         good = pipeline(c, N, fill_wait, take_wait);
         is_int((int)good, N, "every one of %d concurrent waits ends COMPLETED with exit code 0", N);
 
-        is_int(dc_metric(c, NULL, "cwsandboxd/tracker_ticks", &ticks1, NULL), 0, "tracker ticks after");
+        is_int(dc_metric(c, NULL, "cwsandboxd_tracker_ticks_total", &ticks1, NULL), 0, "tracker ticks after");
         is_int(bc_get_counters(backend, false, &counters, NULL), 0, "backend counters read");
         gets = counters ? calls_of(counters, "GetSandbox") : 0;
         lists = counters ? calls_of(counters, "ListSandboxes") : 0;
