@@ -267,6 +267,8 @@ void admission_request(Admission *a, AdmissionTicket *t, AdmissionScope *scope, 
         a->stats.waits++;
         append_ticket(a, t);
         pump(a);
+        if (t->queued && a->full && (scope_full(&a->host) || (scope && scope_full(scope))))
+                a->full(a->full_userdata);
 }
 
 void admission_cancel(Admission *a, AdmissionTicket *t) {

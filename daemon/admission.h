@@ -81,6 +81,9 @@ typedef struct Admission {
         bool pumping, repump;
         bool closed;
         AdmissionStats stats;
+        /* A create queued for a slot: someone may look for slots of sandboxes that ended unseen. */
+        void (*full)(void *userdata);
+        void *full_userdata;
 } Admission;
 
 /* ---- token bucket (pure) ---------------------------------------------------------- */

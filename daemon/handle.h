@@ -72,7 +72,8 @@ struct Handle {
         uint64_t ledger_seq;            /* its latest record */
         bool start_pending;             /* the create waits for that record to be durable */
         AdmissionTicket admission;      /* its create's turn, then its slot while alive */
-        bool unverified;                /* restored with a sandbox id the backend has not confirmed */
+        bool unverified;                /* its sandbox is to be looked up (restored, or missing from a listing) */
+        uint64_t seen_pass;             /* the last reconciliation pass whose listing showed it */
         int64_t created_ms;             /* wall clock, when the handle was made */
 };
 

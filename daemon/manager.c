@@ -172,6 +172,12 @@ static int start_local(Manager *m) {
         return local_child_new(m->loop, &o, local_ready, m, &m->local);
 }
 
+static void admission_full(void *userdata) {
+        Manager *m = userdata;
+
+        reaper_pass_soon(&m->reaper);
+}
+
 int manager_new(uv_loop_t *loop, const Config *config, int listen_fd,
                 void (*ready)(void *userdata), void *userdata, Manager **ret) {
         Manager *m;
@@ -195,6 +201,8 @@ int manager_new(uv_loop_t *loop, const Config *config, int listen_fd,
         host_metrics_init(&m->metrics);
         admission_init(&m->admission, loop, config->admission_policy, (unsigned)config->max_sandboxes,
                        config->max_creates_per_second);
+        m->admission.full = admission_full;
+        m->admission.full_userdata = m;
         *ret = m;       /* from here on, manager_stop() cleans up */
         r = persist_load(m);
         if (r < 0)

@@ -21,6 +21,7 @@
 #define REAPER_STOP_GRACE_S     10
 #define RETRY_FIRST_MS          1000
 #define RETRY_MAX_MS            60000
+#define PASS_SOON_MIN_MS        5000    /* passes asked for early come at most this often */
 
 #define BSTATE(x) COREWEAVE__SANDBOX__V1__STATE__STATE_##x
 
@@ -235,6 +236,7 @@ static void reconcile_one(Reaper *r, const Sandbox *sb) {
                 return;
         h = hashmap_get(&m->handles_by_sandbox, sb->sandbox_id);
         if (h) {
+                h->seen_pass = r->pass_no;
                 h->unverified = false;
                 handle_apply(h, sb, false);
                 check_lifetime(r, h);
@@ -245,6 +247,7 @@ static void reconcile_one(Reaper *r, const Sandbox *sb) {
         if (h && h->create_call)
                 return;         /* its create has not answered yet */
         if (h && !h->sandbox_id && !h->cancelled) {
+                h->seen_pass = r->pass_no;
                 r->stats.resolved++;
                 handle_take_sandbox(h, sb);
                 check_lifetime(r, h);
@@ -280,8 +283,12 @@ static void verify_done(void *userdata, const Status *st, ProtobufCMessage *repl
         free(v);
 }
 
-/* Restored handles the listing did not show: ask for each. */
-static void verify_restored(Reaper *r) {
+/*
+ * Live handles the listing did not show (restored ones, and sandboxes that
+ * ended with nobody waiting on them) are asked for one by one, so a slot
+ * admission counts is not held by a sandbox that is gone.
+ */
+static void verify_unseen(Reaper *r) {
         HashmapIter it = HASHMAP_ITER_INIT;
         Handle *h;
 
@@ -289,7 +296,9 @@ static void verify_restored(Reaper *r) {
                 Coreweave__Sandbox__V1__GetSandboxRequest req = COREWEAVE__SANDBOX__V1__GET_SANDBOX_REQUEST__INIT;
                 Verify *v;
 
-                if (!h->unverified || !h->sandbox_id)
+                if (h->sandbox_id && !handle_is_terminal(h) && h->seen_pass != r->pass_no)
+                        h->unverified = true;
+                if (!h->unverified || !h->sandbox_id || h->polling)
                         continue;
                 v = malloc(sizeof(*v));
                 if (!v)
@@ -309,9 +318,10 @@ static void pass_end(Reaper *r, bool ok) {
         r->passing = false;
         free(r->page_token);
         r->page_token = NULL;
+        r->last_pass_ms = manager_now_ms(r->manager);
         if (ok) {
                 r->stats.passes++;
-                verify_restored(r);
+                verify_unseen(r);
         } else
                 r->stats.pass_failures++;
         if (!r->first_done) {
@@ -368,7 +378,15 @@ static void pass_start(Reaper *r) {
                 return;
         r->passing = true;
         r->pages = 0;
+        r->pass_no++;
         list_page(r);
+}
+
+void reaper_pass_soon(Reaper *r) {
+        if (r->passing || r->closed || !r->first_done ||
+            manager_now_ms(r->manager) < r->last_pass_ms + PASS_SOON_MIN_MS)
+                return;
+        uv_timer_start(&r->pass_timer, pass_due, 0, 0);
 }
 
 void reaper_start(Reaper *r, void (*reconciled)(void *userdata), void *userdata) {

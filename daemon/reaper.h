@@ -12,9 +12,8 @@
  *  - anything else (its session is closed or was never recorded, its
  *    connection is gone, it was stopped before its create answered) is an
  *    orphan: it is stopped and counted as reaped.
- * After a pass, handles restored from the ledger that the listing did not
- * show are looked up one by one (they may have ended while the daemon was
- * down).
+ * After a pass, live handles the listing did not show (restored from the
+ * ledger, or ended with nobody waiting on them) are looked up one by one.
  *
  * Stops the daemon starts on its own (orphans, session close, connection
  * scope, lifetimes) that fail are retried here with backoff (1 s doubling to
@@ -50,6 +49,8 @@ typedef struct Reaper {
         bool passing;
         char *page_token;
         unsigned pages;
+        uint64_t pass_no;                       /* the pass in progress, or the last */
+        uint64_t last_pass_ms;                  /* when the last pass ended */
         bool first_done;
         void (*reconciled)(void *userdata);     /* after the first pass */
         void *reconciled_userdata;
@@ -73,6 +74,13 @@ void reaper_start(Reaper *r, void (*reconciled)(void *userdata), void *userdata)
  * retry then waits its backoff), or NULL to send at once.
  */
 void reaper_stop_sandbox(Reaper *r, const char *sandbox_id, const char *session_id, const Status *failed);
+
+/*
+ * reaper_pass_soon() - a pass now rather than at the next interval (at most
+ * one every 5 s): admission waits on slots that may belong to sandboxes that
+ * have ended unseen.
+ */
+void reaper_pass_soon(Reaper *r);
 
 /* Sandboxes waiting for a stop to succeed. */
 unsigned reaper_pending_stops(const Reaper *r);

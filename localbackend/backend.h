@@ -36,6 +36,18 @@ typedef struct Backend {
         unsigned n_sandboxes;
         uint64_t next_sandbox_seq;
 
+        /* sandbox.c: sandboxes not yet terminal, exactly, and the most at once */
+        unsigned n_alive, alive_peak;
+
+        /* rpc_sandbox.c: the account's limits on creates (Control SetQuota) */
+        struct {
+                unsigned max_alive;
+                double rate, tokens;
+                uint64_t last_ms;
+                uint32_t retry_delay_ms;
+                uint64_t rejections;
+        } quota;
+
         unsigned n_processes;   /* sandbox and exec process trees running */
         unsigned n_calls;       /* live server call contexts */
         bool shutting_down;

@@ -28,6 +28,7 @@ static const char *const method_names[_RPC_MAX] = {
         [RPC_READ_FILE] = "ReadFile",
         [RPC_CONTROL_GET_COUNTERS] = "GetCounters",
         [RPC_CONTROL_SET_FAULTS] = "SetFaults",
+        [RPC_CONTROL_SET_QUOTA] = "SetQuota",
 };
 
 static double random_drand48(void *userdata) {
@@ -115,6 +116,7 @@ FaultDecision faults_decide(Faults *f, RpcMethod m) {
         /* A failed call never reaches the handler, so there is nothing to drop. */
         d.drop = !d.fail && draw(f, r->drop_rate);
         d.reply_delay_ms = r->reply_delay_ms;
+        d.retry_delay_ms = r->retry_delay_ms;
 
         if (r->remaining > 0 && --r->remaining == 0)
                 *r = (FaultRule){};

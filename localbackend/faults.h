@@ -20,6 +20,7 @@ typedef enum RpcMethod {
         RPC_READ_FILE,
         RPC_CONTROL_GET_COUNTERS,
         RPC_CONTROL_SET_FAULTS,
+        RPC_CONTROL_SET_QUOTA,
         _RPC_MAX,
         _RPC_INVALID = -1,
 } RpcMethod;
@@ -35,6 +36,7 @@ typedef struct FaultRule {
         double drop_rate;
         uint32_t reply_delay_ms;
         uint32_t remaining;     /* 0 = until replaced */
+        uint32_t retry_delay_ms;        /* a RetryInfo on injected errors; 0 = none */
 } FaultRule;
 
 typedef struct MethodCounters {
@@ -55,6 +57,7 @@ typedef struct FaultDecision {
         grpc_status_code code;
         bool drop;
         uint32_t reply_delay_ms;
+        uint32_t retry_delay_ms;
 } FaultDecision;
 
 /**

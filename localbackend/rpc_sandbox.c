@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,6 +22,7 @@
 #include "server.h"
 
 #define STATE(x) COREWEAVE__SANDBOX__V1__STATE__STATE_##x
+#define REASON_QUOTA_EXCEEDED "CWSANDBOX_QUOTA_EXCEEDED"
 
 #define ID_MAX 128
 #define REQUEST_ID_MAX 256
@@ -58,6 +60,35 @@ static bool check_request_id(UnaryCall *c, const char *request_id) {
         return true;
 }
 
+/* The account's quota (Control SetQuota): refuse as the service does, with a reason and a retry hint. */
+static bool quota_allows(Backend *b, UnaryCall *c) {
+        uint64_t now = uv_now(b->loop);
+
+        if (b->quota.rate > 0) {
+                double burst = fmax(1.0, ceil(b->quota.rate));
+
+                b->quota.tokens = fmin(burst, b->quota.tokens + b->quota.rate * (double)(now - b->quota.last_ms) / 1000.0);
+                b->quota.last_ms = now;
+        }
+        unary_call_set_details(c, REASON_QUOTA_EXCEEDED, b->quota.retry_delay_ms);
+        if (b->quota.max_alive > 0 && b->n_alive >= b->quota.max_alive) {
+                b->quota.rejections++;
+                unary_call_fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "quota: %u sandboxes alive, the limit is %u",
+                                b->n_alive, b->quota.max_alive);
+                return false;
+        }
+        if (b->quota.rate > 0 && b->quota.tokens < 1.0) {
+                b->quota.rejections++;
+                unary_call_fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "quota: more than %g creates per second",
+                                b->quota.rate);
+                return false;
+        }
+        if (b->quota.rate > 0)
+                b->quota.tokens -= 1.0;
+        unary_call_set_details(c, NULL, 0);
+        return true;
+}
+
 void rpc_create_sandbox(Backend *b, UnaryCall *c, const Coreweave__Sandbox__V1__CreateSandboxRequest *req) {
         Sandbox *s;
         char err[512] = "";
@@ -80,6 +111,8 @@ void rpc_create_sandbox(Backend *b, UnaryCall *c, const Coreweave__Sandbox__V1__
                 return;
         }
 
+        if (!quota_allows(b, c))
+                return;
         k = sandbox_create(b, req->sandbox->spec, req->request_id, err, sizeof(err), &s);
         switch (k) {
         case 0:

@@ -254,6 +254,8 @@ static void record_set_state(SandboxRecord *r, SandboxState state, const char *f
         }
 
         s->state = state;
+        if (sandbox_state_is_terminal(state))
+                s->backend->n_alive--;
         if (state == STATE(RUNNING) && s->start_time_ns == 0)
                 s->start_time_ns = now_realtime_ns();
         if (sandbox_state_is_terminal(state)) {
@@ -1314,6 +1316,8 @@ int sandbox_create(Backend *b, const Coreweave__Sandbox__V1__SandboxSpec *spec, 
 
         s->backend = b;
         s->state = STATE(PENDING);
+        b->n_alive++;
+        b->alive_peak = MAX(b->alive_peak, b->n_alive);
         s->state_reason = strdup("preparing the sandbox");
         s->create_time_ns = now_realtime_ns();
         r->create_mono_ms = uv_now(b->loop);

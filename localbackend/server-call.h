@@ -46,6 +46,8 @@ typedef struct Call {
         bool injected;
         bool freeing;
         grpc_status_code result;        /* the status sent */
+        const char *error_reason;       /* an ErrorInfo reason for the failure (static), or NULL */
+        uint32_t retry_delay_ms;        /* a RetryInfo for the failure; 0 = none */
         grpc_slice status_details;
         FaultDecision fault;
 

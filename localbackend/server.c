@@ -23,6 +23,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,6 +86,8 @@ static const MethodDef method_defs[_RPC_MAX] = {
                                        &cwsandboxlocal__v1__get_counters_request__descriptor },
         [RPC_CONTROL_SET_FAULTS] = { CONTROL_SERVICE "SetFaults", CALL_UNARY,
                                      &cwsandboxlocal__v1__set_faults_request__descriptor },
+        [RPC_CONTROL_SET_QUOTA] = { CONTROL_SERVICE "SetQuota", CALL_UNARY,
+                                    &cwsandboxlocal__v1__set_quota_request__descriptor },
 };
 
 struct Server {
@@ -162,30 +165,54 @@ static bool details_sandbox_not_found(const char *details) {
                streq(details + n - strlen(suffix), suffix);
 }
 
-/* A google.rpc.Status with one ErrorInfo, packed, for the
- * grpc-status-details-bin trailer. */
-static grpc_slice status_details_bin(grpc_status_code code, const char *message, const char *reason) {
+/* @msg packed into @any as type @type_url; false when memory ran out. */
+static bool any_pack(Google__Protobuf__Any *any, const char *type_url, const ProtobufCMessage *msg) {
+        any->type_url = (char *)type_url;
+        any->value.len = protobuf_c_message_get_packed_size(msg);
+        any->value.data = malloc(any->value.len ? any->value.len : 1);
+        if (!any->value.data)
+                return false;
+        protobuf_c_message_pack(msg, any->value.data);
+        return true;
+}
+
+/*
+ * A google.rpc.Status, packed, for the grpc-status-details-bin trailer: an
+ * ErrorInfo when there is a @reason, a RetryInfo when there is a delay.
+ */
+static grpc_slice status_details_bin(grpc_status_code code, const char *message, const char *reason,
+                                     uint32_t retry_delay_ms) {
         Google__Rpc__ErrorInfo info = GOOGLE__RPC__ERROR_INFO__INIT;
-        Google__Protobuf__Any any = GOOGLE__PROTOBUF__ANY__INIT;
-        Google__Protobuf__Any *details[] = { &any };
+        Google__Rpc__RetryInfo retry = GOOGLE__RPC__RETRY_INFO__INIT;
+        Google__Protobuf__Duration delay = GOOGLE__PROTOBUF__DURATION__INIT;
+        Google__Protobuf__Any any[2] = { GOOGLE__PROTOBUF__ANY__INIT, GOOGLE__PROTOBUF__ANY__INIT };
+        Google__Protobuf__Any *details[2];
         Google__Rpc__Status st = GOOGLE__RPC__STATUS__INIT;
-        grpc_slice s;
+        grpc_slice s = grpc_empty_slice();
+        size_t n = 0;
+        bool good = true;
 
         info.reason = (char *)reason;
         info.domain = (char *)ERROR_DOMAIN;
-        any.type_url = (char *)"type.googleapis.com/google.rpc.ErrorInfo";
-        any.value.len = google__rpc__error_info__get_packed_size(&info);
-        any.value.data = malloc(any.value.len ? any.value.len : 1);
-        if (!any.value.data)
-                return grpc_empty_slice();
-        google__rpc__error_info__pack(&info, any.value.data);
+        delay.seconds = retry_delay_ms / 1000;
+        delay.nanos = (int32_t)(retry_delay_ms % 1000) * 1000000;
+        retry.retry_delay = &delay;
+        if (reason)
+                good = any_pack(&any[n], "type.googleapis.com/google.rpc.ErrorInfo", &info.base) && ++n;
+        if (good && retry_delay_ms)
+                good = any_pack(&any[n], "type.googleapis.com/google.rpc.RetryInfo", &retry.base) && ++n;
+        for (size_t i = 0; i < n; i++)
+                details[i] = &any[i];
         st.code = (int32_t)code;
         st.message = (char *)message;
-        st.n_details = ELEMENTSOF(details);
+        st.n_details = n;
         st.details = details;
-        s = grpc_slice_malloc(google__rpc__status__get_packed_size(&st));
-        google__rpc__status__pack(&st, GRPC_SLICE_START_PTR(s));
-        free(any.value.data);
+        if (good) {
+                s = grpc_slice_malloc(google__rpc__status__get_packed_size(&st));
+                google__rpc__status__pack(&st, GRPC_SLICE_START_PTR(s));
+        }
+        for (size_t i = 0; i < ELEMENTSOF(any); i++)
+                free(any[i].value.data);
         return s;
 }
 
@@ -210,9 +237,11 @@ int call_send_status(Call *c, grpc_byte_buffer *msg, grpc_status_code code, cons
         ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
         ops[n].data.send_status_from_server.status = code;
         ops[n].data.send_status_from_server.status_details = code == GRPC_STATUS_OK ? NULL : &c->status_details;
-        if (code == GRPC_STATUS_NOT_FOUND && details && details_sandbox_not_found(details)) {
+        if (code == GRPC_STATUS_NOT_FOUND && details && details_sandbox_not_found(details))
+                c->error_reason = REASON_SANDBOX_NOT_FOUND;
+        if (code != GRPC_STATUS_OK && (c->error_reason || c->retry_delay_ms)) {
                 trailer.key = grpc_slice_from_static_string("grpc-status-details-bin");
-                trailer.value = status_details_bin(code, details, REASON_SANDBOX_NOT_FOUND);
+                trailer.value = status_details_bin(code, details ? details : "", c->error_reason, c->retry_delay_ms);
                 ops[n].data.send_status_from_server.trailing_metadata_count = 1;
                 ops[n].data.send_status_from_server.trailing_metadata = &trailer;
         }
@@ -400,6 +429,7 @@ static bool call_authorized(const Call *c) {
 
 static void rpc_get_counters(Backend *b, UnaryCall *c, const Cwsandboxlocal__V1__GetCountersRequest *req);
 static void rpc_set_faults(Backend *b, UnaryCall *c, const Cwsandboxlocal__V1__SetFaultsRequest *req);
+static void rpc_set_quota(Backend *b, UnaryCall *c, const Cwsandboxlocal__V1__SetQuotaRequest *req);
 
 static void call_dispatch(Call *c) {
         Backend *b = c->server->backend;
@@ -440,6 +470,9 @@ static void call_dispatch(Call *c) {
         case RPC_CONTROL_SET_FAULTS:
                 rpc_set_faults(b, u, req);
                 break;
+        case RPC_CONTROL_SET_QUOTA:
+                rpc_set_quota(b, u, req);
+                break;
         default:
                 call_refuse(c, GRPC_STATUS_UNIMPLEMENTED, "method not implemented", false);
         }
@@ -450,6 +483,7 @@ static void call_run(Call *c) {
         if (c->closed)
                 return;         /* the client left while we waited */
         if (c->fault.fail) {
+                c->retry_delay_ms = c->fault.retry_delay_ms;
                 call_refuse(c, c->fault.code, "injected fault", true);
                 return;
         }
@@ -660,6 +694,11 @@ void unary_call_reply(UnaryCall *u, const ProtobufCMessage *resp) {
         unary_answer(u, pb_to_byte_buffer(resp), GRPC_STATUS_OK, NULL);
 }
 
+void unary_call_set_details(UnaryCall *u, const char *reason, uint32_t retry_delay_ms) {
+        u->base.error_reason = reason;
+        u->base.retry_delay_ms = retry_delay_ms;
+}
+
 void unary_call_fail(UnaryCall *u, grpc_status_code code, const char *fmt, ...) {
         char *details = NULL;
         va_list ap;
@@ -739,10 +778,15 @@ static void rpc_get_counters(Backend *b, UnaryCall *c, const Cwsandboxlocal__V1_
         resp.sandboxes_alive = alive;
         resp.sandboxes_total = total;
         resp.processes = b->n_processes;
+        resp.sandboxes_alive_peak = b->alive_peak;
+        resp.quota_rejections = b->quota.rejections;
         unary_call_reply(c, &resp.base);
 
-        if (req->reset)
+        if (req->reset) {
                 memset(b->faults.counters, 0, sizeof(b->faults.counters));
+                b->alive_peak = b->n_alive;
+                b->quota.rejections = 0;
+        }
 }
 
 static int fault_rule_from_proto(const Cwsandboxlocal__V1__Fault *f, FaultRule *ret) {
@@ -755,6 +799,7 @@ static int fault_rule_from_proto(const Cwsandboxlocal__V1__Fault *f, FaultRule *
                 .drop_rate = f->drop_rate,
                 .reply_delay_ms = f->reply_delay_ms,
                 .remaining = f->remaining,
+                .retry_delay_ms = f->retry_delay_ms,
         };
         return 0;
 }
@@ -784,6 +829,23 @@ static void rpc_set_faults(Backend *b, UnaryCall *c, const Cwsandboxlocal__V1__S
         }
         memcpy(b->faults.rules, next.rules, sizeof(next.rules));
         log_notice("fault injection: %zu rule(s) set", req->n_faults);
+        unary_call_reply(c, &resp.base);
+}
+
+static void rpc_set_quota(Backend *b, UnaryCall *c, const Cwsandboxlocal__V1__SetQuotaRequest *req) {
+        Cwsandboxlocal__V1__SetQuotaResponse resp = CWSANDBOXLOCAL__V1__SET_QUOTA_RESPONSE__INIT;
+
+        if (!(req->creates_per_second >= 0 && req->creates_per_second <= 1e6)) {
+                unary_call_fail(c, GRPC_STATUS_INVALID_ARGUMENT, "creates_per_second: must be 0..1000000");
+                return;
+        }
+        b->quota.max_alive = req->max_alive;
+        b->quota.rate = req->creates_per_second;
+        b->quota.tokens = req->creates_per_second > 0 ? fmax(1.0, ceil(req->creates_per_second)) : 0;
+        b->quota.last_ms = uv_now(b->loop);
+        b->quota.retry_delay_ms = req->retry_delay_ms;
+        log_notice("quota: at most %u alive, %g creates/s (0 = no limit), retry hint %u ms", req->max_alive,
+                   req->creates_per_second, req->retry_delay_ms);
         unary_call_reply(c, &resp.base);
 }
 

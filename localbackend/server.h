@@ -36,6 +36,13 @@ typedef struct ServerStream ServerStream;
 void unary_call_reply(UnaryCall *c, const ProtobufCMessage *resp);
 
 /**
+ * unary_call_set_details() - what a later failure's google.rpc.Status
+ * carries besides the message: an ErrorInfo @reason (a static string; NULL
+ * for none) and a RetryInfo of @retry_delay_ms (0 for none).
+ */
+void unary_call_set_details(UnaryCall *c, const char *reason, uint32_t retry_delay_ms);
+
+/**
  * unary_call_fail() - answer with a non-OK status and a message for humans.
  */
 void unary_call_fail(UnaryCall *c, grpc_status_code code, const char *fmt, ...) _printf_(3, 4);

@@ -36,6 +36,7 @@
 #define N_STATUS        2000
 #define N_EXEC          200
 #define N_CREATE        50
+#define N_METRICS       200
 #define N_THREADS       64
 #define RUN_SECONDS     5
 #define N_HANDLES       10000
@@ -324,6 +325,46 @@ static void bench_rss(FrameClient *c) {
         printf("%-44s %9.2f MiB\n", "daemon RSS at the end", after / 1024.0);
 }
 
+/* One metrics call: host-wide (@session NULL) or a session's, with the text format or a reset. */
+static size_t metrics_call(FrameClient *c, const char *session, bool prometheus, bool reset) {
+        ClientFrame f = CWSANDBOXD__V1__CLIENT_FRAME__INIT;
+        Cwsandboxd__V1__MetricsRequest req = CWSANDBOXD__V1__METRICS_REQUEST__INIT;
+        DaemonFrame *reply;
+        size_t bytes;
+
+        req.session_id = (char *)(session ? session : "");
+        req.prometheus = prometheus;
+        req.reset = reset;
+        f.body_case = CWSANDBOXD__V1__CLIENT_FRAME__BODY_METRICS;
+        f.metrics = &req;
+        reply = call(c, &f);
+        bytes = strlen(reply->metrics->prometheus_text);
+        frame_client_frame_free(reply);
+        return bytes;
+}
+
+/* With the 10,000 handles of bench_rss(): what a scrape costs. */
+static void bench_metrics(FrameClient *c, const char *session) {
+        static double us[N_METRICS];
+        size_t bytes = 0;
+
+        for (int i = 0; i < N_METRICS; i++) {
+                double t = now_us();
+
+                bytes = metrics_call(c, NULL, true, false);
+                us[i] = now_us() - t;
+        }
+        latency("metrics --prometheus, 10,000 handles", us, N_METRICS, NULL);
+        printf("%-44s %9zu bytes\n", "  its text", bytes);
+        for (int i = 0; i < N_METRICS; i++) {
+                double t = now_us();
+
+                (void)metrics_call(c, session, false, true);
+                us[i] = now_us() - t;
+        }
+        latency("session metrics with reset", us, N_METRICS, NULL);
+}
+
 static void bench_create(FrameClient *c, const char *session) {
         static double us[N_CREATE];
 
@@ -396,6 +437,7 @@ int main(void) {
         bench_threads("exec `true`, 64 client threads", handle, RUN_SECONDS);
         bench_create(c, session);
         bench_rss(c);
+        bench_metrics(c, session);
         frame_client_free(c);
         c = NULL;
         bench_restart();

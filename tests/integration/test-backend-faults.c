@@ -6,6 +6,7 @@
  * rules, the call/error/injected counters, reset, sandbox and process
  * gauges, and a fault given on the command line.
  */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -204,6 +205,62 @@ static void test_counters(BcClient *c) {
            d ? d->processes : 0);
 }
 
+/* An account's quota: alive and rate limits, dedup first, the exact peak. */
+static void test_quota(BcClient *c) {
+        BcSandboxOpts o = test_keepalive_opts();
+        BcSandbox *sb[3] = { 0 }, *again = NULL;
+        _cleanup_bc_ Counters *g = NULL, *h = NULL;
+        BcStatus st = {};
+        int r;
+
+        (void)bc_get_counters(c, true, &g, NULL);
+        bc_free(g);
+        g = NULL;
+        ok(bc_set_quota(c, 2, 0, 250, NULL) == 0, "SetQuota: 2 alive");
+        o.request_id = "quota-first";
+        ok(bc_create_sandbox(c, &o, &sb[0], NULL) == 0, "quota 2: the first create");
+        o.request_id = NULL;
+        r = bc_create_sandbox(c, &o, &sb[1], &st);
+        ok(r == 0, "quota 2: the second (%d %s)", r, st.details);
+        r = bc_create_sandbox(c, &o, &sb[2], &st);
+        is_int(r, GRPC_STATUS_RESOURCE_EXHAUSTED, "quota 2: the third is RESOURCE_EXHAUSTED");
+        ok(strstr(st.details, "2 sandboxes alive, the limit is 2") != NULL, "with a clear message: %s", st.details);
+        o.request_id = "quota-first";
+        ok(bc_create_sandbox(c, &o, &again, NULL) == 0 && sb[0] && streq(again->sandbox_id, sb[0]->sandbox_id),
+           "a repeated request_id still gets its sandbox under a full quota");
+        bc_free(again);
+        (void)bc_stop_sandbox(c, sb[1]->sandbox_id, 20000);
+        o.request_id = NULL;
+        ok(bc_create_sandbox(c, &o, &sb[2], NULL) == 0, "after a stop: room for one more");
+        ok(bc_get_counters(c, false, &g, NULL) == 0 && g->sandboxes_alive_peak == 2 && g->quota_rejections == 1,
+           "peak 2, one rejection (%u, %" PRIu64 ")", g ? g->sandboxes_alive_peak : 0, g ? g->quota_rejections : 0);
+        (void)bc_stop_sandbox(c, sb[0]->sandbox_id, 20000);
+        (void)bc_stop_sandbox(c, sb[2]->sandbox_id, 20000);
+        (void)bc_get_counters(c, true, &h, NULL);
+        bc_free(h);
+        h = NULL;
+        ok(bc_get_counters(c, false, &h, NULL) == 0 && h->sandboxes_alive_peak == h->sandboxes_alive,
+           "a reset sets the peak to what is alive (%u)", h ? h->sandboxes_alive_peak : 0);
+
+        ok(bc_set_quota(c, 0, 1, 0, NULL) == 0, "SetQuota: 1 create per second");
+        ok(bc_create_sandbox(c, &o, &again, NULL) == 0, "rate 1/s: the first create");
+        (void)bc_stop_sandbox(c, again->sandbox_id, 20000);
+        bc_free(again);
+        again = NULL;
+        r = bc_create_sandbox(c, &o, &again, &st);
+        ok(r == GRPC_STATUS_RESOURCE_EXHAUSTED || r == 0, "rate 1/s: a second right after (%d)", r);
+        if (r == GRPC_STATUS_RESOURCE_EXHAUSTED)
+                ok(strstr(st.details, "creates per second") != NULL, "names the rate: %s", st.details);
+        else
+                ok(true, "the stop took over a second: the bucket had refilled");
+        if (again)
+                (void)bc_stop_sandbox(c, again->sandbox_id, 20000);
+        ok(bc_set_quota(c, 0, 0, 0, NULL) == 0, "SetQuota: no limits");
+        for (int i = 0; i < 3; i++)
+                bc_free(sb[i]);
+        bc_free(again);
+}
+
 static void test_command_line_fault(void) {
         static const char *const args[] = { "--fault", "GetSandbox:error_rate=1,error_code=14,remaining=1", NULL };
         BcStatus st = {};
@@ -226,6 +283,7 @@ int main(void) {
         test_backend_start(&t, NULL);
 
         test_counters(t.client);
+        test_quota(t.client);
         sb = test_start_sandbox(t.client, &o, "sandbox for faults");
         if (sb) {
                 test_error_remaining(t.client, sb->sandbox_id);

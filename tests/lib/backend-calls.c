@@ -332,6 +332,21 @@ int bc_set_faults(BcClient *c, const Cwsandboxlocal__V1__Fault *faults, size_t n
         return r;
 }
 
+int bc_set_quota(BcClient *c, uint32_t max_alive, double creates_per_second, uint32_t retry_delay_ms,
+                 BcStatus *st) {
+        Cwsandboxlocal__V1__SetQuotaRequest req = CWSANDBOXLOCAL__V1__SET_QUOTA_REQUEST__INIT;
+        Cwsandboxlocal__V1__SetQuotaResponse *resp = NULL;
+        int r;
+
+        req.max_alive = max_alive;
+        req.creates_per_second = creates_per_second;
+        req.retry_delay_ms = retry_delay_ms;
+        r = bc_unary(c, BC_CONTROL_SERVICE "SetQuota", &req.base,
+                     &cwsandboxlocal__v1__set_quota_response__descriptor, 0, (ProtobufCMessage **)&resp, st);
+        bc_free(resp);
+        return r;
+}
+
 /* ---- StreamExec ---- */
 
 int bc_exec_start(BcClient *c, const char *id, const BcExecOpts *o, int timeout_ms, BcExec **ret) {

@@ -184,6 +184,14 @@ const Cwsandboxlocal__V1__MethodCounter *bc_counter(const Cwsandboxlocal__V1__Ge
  */
 int bc_set_faults(BcClient *c, const Cwsandboxlocal__V1__Fault *faults, size_t n, BcStatus *st);
 
+/**
+ * bc_set_quota() - the account's limits on creates (0 = none for each); a
+ * create over one fails with RESOURCE_EXHAUSTED and a RetryInfo of
+ * @retry_delay_ms when that is not 0.
+ */
+int bc_set_quota(BcClient *c, uint32_t max_alive, double creates_per_second, uint32_t retry_delay_ms,
+                 BcStatus *st);
+
 /* ---- Streams (generic) ---- */
 
 typedef struct BcStream BcStream;

@@ -54,6 +54,7 @@ static void test_names(void) {
                 { RPC_READ_FILE, "ReadFile" },
                 { RPC_CONTROL_GET_COUNTERS, "GetCounters" },
                 { RPC_CONTROL_SET_FAULTS, "SetFaults" },
+                { RPC_CONTROL_SET_QUOTA, "SetQuota" },
         };
 
         check_eq_u(ELEMENTSOF(table), _RPC_MAX, "name table covers every rpc");
