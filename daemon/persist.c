@@ -17,19 +17,21 @@ static bool ledger_open(const Manager *m) {
         return m->ledger != NULL;
 }
 
-void persist_session(Session *s) {
+uint64_t persist_session(Session *s) {
         LedgerRecord rec = CWSANDBOXD__V1__LEDGER_RECORD__INIT;
         Cwsandboxd__V1__LedgerSdkMetrics metrics;
         LedgerSession ls;
+        uint64_t seq;
 
         if (!ledger_open(s->manager))
-                return;
+                return 0;
         if (session_record(s, &ls, &metrics) < 0)
                 abort();
         rec.op_case = CWSANDBOXD__V1__LEDGER_RECORD__OP_SESSION_PUT;
         rec.session_put = &ls;
-        (void)ledger_append(s->manager->ledger, &rec);
+        seq = ledger_append(s->manager->ledger, &rec);
         sdk_metrics_record_free(&metrics);
+        return seq;
 }
 
 void persist_session_gone(Session *s) {

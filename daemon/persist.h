@@ -16,7 +16,8 @@ typedef struct Manager Manager;
 typedef struct Session Session;
 typedef struct Handle Handle;
 
-void persist_session(Session *s);
+/* Record @s (its metrics too); returns the record's sequence for persist_sync() (0: no ledger). */
+uint64_t persist_session(Session *s);
 void persist_session_gone(Session *s);
 
 /* Record @h (in a session; others are not recorded) and remember the record's sequence. */

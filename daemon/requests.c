@@ -730,31 +730,56 @@ static void metrics_reply(Call *call, ValuesEntry *entries, size_t n, char *prom
         call_finish(call, &f);
 }
 
+/* A session's values as read, until the reply goes. */
+typedef struct SessionRead {
+        Call *call;
+        SdkMetricValue v[SDK_METRICS_MAX];
+        size_t n;
+        char *text;
+} SessionRead;
+
+static void session_read_reply(void *userdata, int error) {
+        SessionRead *r = userdata;
+        ValuesEntry e[SDK_METRICS_MAX];
+
+        /* A ledger that cannot write says so itself; the read stands. */
+        (void)error;
+        for (size_t i = 0; i < r->n; i++) {
+                cwsandboxd__v1__metrics_reply__values_entry__init(&e[i]);
+                e[i].key = (char *)r->v[i].name;
+                e[i].value = r->v[i].value;
+        }
+        metrics_reply(r->call, e, r->n, r->text);
+        free(r->text);
+        free(r);
+}
+
 /*
  * A session's cwsandbox/... set. Read and reset happen in one turn of the
- * loop, so no exec is lost or counted twice between them; the reset is
- * recorded, so a restart does not bring back what was read.
+ * loop, so no exec is lost or counted twice between them. The reply to a
+ * reset waits until the reset is on disk: once a client has the values, a
+ * crash cannot bring them back to be counted again.
  */
 static void session_metrics(Call *call, Session *s, bool reset, bool prometheus) {
-        SdkMetricValue v[SDK_METRICS_MAX];
-        ValuesEntry e[SDK_METRICS_MAX];
-        size_t n = sdk_metrics_values(&s->metrics, v);
-        _cleanup_free_ char *text = NULL;
+        SessionRead *r = calloc(1, sizeof(*r));
 
-        if (prometheus && !(text = metrics_session_prometheus(s, v, n))) {
+        if (!r) {
                 fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
                 return;
         }
-        for (size_t i = 0; i < n; i++) {
-                cwsandboxd__v1__metrics_reply__values_entry__init(&e[i]);
-                e[i].key = (char *)v[i].name;
-                e[i].value = v[i].value;
+        r->call = call;
+        r->n = sdk_metrics_values(&s->metrics, r->v);
+        if (prometheus && !(r->text = metrics_session_prometheus(s, r->v, r->n))) {
+                free(r);
+                fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+                return;
         }
-        metrics_reply(call, e, n, text);
-        if (reset) {
-                sdk_metrics_reset(&s->metrics);
-                persist_session(s);
+        if (!reset) {
+                session_read_reply(r, 0);
+                return;
         }
+        sdk_metrics_reset(&s->metrics);
+        persist_sync(s->manager, persist_session(s), session_read_reply, r);
 }
 
 static void host_metrics(Manager *m, Call *call, bool prometheus) {

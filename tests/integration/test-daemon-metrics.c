@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -486,6 +487,47 @@ static void test_textfile(cws_conn *c) {
         ok(wait_file(textfile, true), "text file: written again");
 }
 
+/* ---- across restarts ---------------------------------------------------------------------- */
+
+static cws_conn *restart(cws_conn *c, bool kill9) {
+        cws_conn_close(c);
+        if (kill9) {
+                daemon_proc_signal(daemon_proc, SIGKILL);
+                (void)daemon_proc_stop(daemon_proc, 30000, NULL);
+        } else if (daemon_proc_stop(daemon_proc, 30000, NULL) < 0)
+                bail_out("the daemon did not stop");
+        if (daemon_proc_restart(daemon_proc) < 0)
+                bail_out("the daemon did not start again");
+        return connect_or_die("test-daemon-metrics");
+}
+
+/* A session's metrics come back with it; a reset is recorded, so a crash does not bring back what was read. */
+static cws_conn *test_restart(cws_conn *c) {
+        char *sid = attach_or_die(c, "persist");
+        double secs;
+        char *sb = start_sandbox(c, sid, &secs);
+        cws_metrics *m;
+
+        ok(sb && run(c, sb, "true", 0, NULL) == 0 && run(c, sb, "exit 2", 0, NULL) == 2, "two execs");
+        c = restart(c, false);
+        m = get_metrics(c, sid, true, false);
+        ok(m != NULL, "after SIGTERM and a restart: the session is there");
+        is_metric(m, "cwsandbox/executions", 2, "restored");
+        is_metric(m, "cwsandbox/exec_completed_nonzero", 1, "restored");
+        is_metric(m, "cwsandbox/sandboxes_created", 1, "restored");
+        is_metric(m, "cwsandbox/startup_count", 1, "restored");
+        is_metric(m, "cwsandbox/max_execs_per_sandbox", 2, "restored");
+        cws_metrics_free(m);
+        c = restart(c, true);
+        m = get_metrics(c, sid, false, false);
+        is_metric(m, "cwsandbox/executions", 0, "read with reset, then kill -9: nothing read comes back");
+        cws_metrics_free(m);
+        (void)cws_close_session(c, sid, NULL, NULL);
+        free(sb);
+        free(sid);
+        return c;
+}
+
 int main(void) {
         const char *args[] = { "--metrics-textfile", textfile, "--metrics-textfile-interval-seconds", "1", NULL };
         cws_conn *c;
@@ -506,6 +548,7 @@ int main(void) {
         test_reset_concurrent(c);
         test_prometheus(c);
         test_textfile(c);
+        c = test_restart(c);
         cws_conn_close(c);
         ok(daemon_proc_stop(daemon_proc, 30000, &r) == 0 && WIFEXITED(r) && WEXITSTATUS(r) == 0,
            "the daemon exits 0 on SIGTERM");

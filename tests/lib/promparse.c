@@ -155,7 +155,7 @@ static int parse_comment(Parser *p, char *s) {
         return 0;
 }
 
-/* Parse {a="x",...} at *@s; on return *@s is after the '}'. */
+/* Parse {a="x",...} at *@s; on return *@s is after the '}'. *@ret_n counts the labels taken so far. */
 static int parse_labels(Parser *p, const char **s, Label *labels, size_t max, size_t *ret_n) {
         const char *c = *s + 1;
         size_t n = 0;
@@ -184,7 +184,7 @@ static int parse_labels(Parser *p, const char **s, Label *labels, size_t max, si
                 v = l->value = malloc(strlen(c) + 1);
                 if (!v)
                         abort();
-                n++;
+                *ret_n = ++n;   /* the caller frees what was taken, also on failure */
                 for (; *c != '"'; c++) {
                         if (!*c)
                                 return fail(p, "label %s: unterminated value", l->name);
