@@ -283,6 +283,9 @@ void admission_cancel(Admission *a, AdmissionTicket *t) {
 }
 
 void admission_hold(Admission *a, AdmissionTicket *t, AdmissionScope *scope) {
+        /* Its sandbox exists already (an interrupted create found): it no longer waits for a turn. */
+        if (t->queued)
+                unlink_ticket(a, t);
         if (!t->holding)
                 hold(a, t, scope);
 }

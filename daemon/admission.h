@@ -113,7 +113,7 @@ void admission_request(Admission *a, AdmissionTicket *t, AdmissionScope *scope, 
 /* The caller gave up: leave the queue without a callback. No-op if not queued. */
 void admission_cancel(Admission *a, AdmissionTicket *t);
 
-/* Count a sandbox that is alive without a grant (adopted, restored). */
+/* Count a sandbox that is alive without a grant (adopted, restored, found); a queued ticket leaves the queue. */
 void admission_hold(Admission *a, AdmissionTicket *t, AdmissionScope *scope);
 
 /* The sandbox is done or its create failed: give its slot back. No-op without one. */

@@ -732,7 +732,10 @@ static void handle_created(void *userdata, const Status *st, ProtobufCMessage *r
 static void send_create(Handle *h) {
         Status st;
 
-        if (h->sandbox_id || h->create_call || h->cancelled || !h->create_request) {
+        /* Found by reconciliation meanwhile: it keeps its slot. */
+        if (h->sandbox_id || h->create_call)
+                return;
+        if (h->cancelled || !h->create_request) {
                 admission_release(&h->manager->admission, &h->admission);
                 return;
         }
