@@ -72,6 +72,10 @@ static bool scope_full(const AdmissionScope *s) {
         return s->max_alive > 0 && s->alive >= s->max_alive;
 }
 
+static bool host_full(const Admission *a) {
+        return a->host.max_alive > 0 && a->host.alive + a->stopping >= a->host.max_alive;
+}
+
 static void hold(Admission *a, AdmissionTicket *t, AdmissionScope *scope) {
         t->holding = true;
         t->scope = scope;
@@ -131,7 +135,7 @@ static bool try_take(Admission *a, AdmissionScope *scope, uint64_t now, uint64_t
                 *ret_wait_ms = a->paused_until_ms - now;
                 return false;
         }
-        if (scope_full(&a->host))
+        if (host_full(a))
                 return false;
         if ((w = token_bucket_wait_ms(&a->host.bucket, now)) > 0) {
                 *ret_wait_ms = w;
@@ -207,9 +211,10 @@ void admission_describe(const Admission *a, const AdmissionScope *scope, char *b
         if (a->paused_until_ms > now)
                 snprintf(buf, size, "the backend refused a create for lack of quota; creates resume in %" PRIu64 " ms",
                          a->paused_until_ms - now);
-        else if (scope_full(&a->host))
-                snprintf(buf, size, "%u of %u sandboxes alive on this host (max_sandboxes)",
-                         a->host.alive, a->host.max_alive);
+        else if (host_full(a))
+                snprintf(buf, size, "%u of %u sandboxes alive on this host (max_sandboxes)%s",
+                         a->host.alive + a->stopping, a->host.max_alive,
+                         a->stopping ? ", counting stops still being retried" : "");
         else if (a->host.bucket.rate > 0 && a->host.bucket.tokens < 1.0)
                 snprintf(buf, size, "more than %g creates per second on this host (max_creates_per_second)",
                          a->host.bucket.rate);
@@ -267,7 +272,7 @@ void admission_request(Admission *a, AdmissionTicket *t, AdmissionScope *scope, 
         a->stats.waits++;
         append_ticket(a, t);
         pump(a);
-        if (t->queued && a->full && (scope_full(&a->host) || (scope && scope_full(scope))))
+        if (t->queued && a->full && (host_full(a) || (scope && scope_full(scope))))
                 a->full(a->full_userdata);
 }
 
@@ -308,6 +313,14 @@ void admission_leave_scope(Admission *a, AdmissionTicket *t) {
                 t->scope->alive--;
                 t->scope = NULL;
         }
+}
+
+void admission_set_stopping(Admission *a, unsigned n) {
+        bool fewer = n < a->stopping;
+
+        a->stopping = n;
+        if (fewer && a->head && !a->closed)
+                arm(a, 0);
 }
 
 void admission_throttled(Admission *a, uint32_t retry_delay_ms) {

@@ -74,6 +74,7 @@ typedef struct Admission {
         uv_timer_t timer;               /* the next token, or the end of a pause */
         AdmissionPolicy policy;
         AdmissionScope host;
+        unsigned stopping;              /* alive without a slot: stops the reaper is still retrying */
         AdmissionTicket *head, *tail;
         unsigned queued;
         uint64_t paused_until_ms;
@@ -121,6 +122,12 @@ void admission_release(Admission *a, AdmissionTicket *t);
 
 /* Its session is going: keep the host slot, forget the scope. */
 void admission_leave_scope(Admission *a, AdmissionTicket *t);
+
+/*
+ * @n sandboxes are alive though no handle holds them (stops being retried):
+ * they count against the host's max_sandboxes.
+ */
+void admission_set_stopping(Admission *a, unsigned n);
 
 /* The backend refused a create with RESOURCE_EXHAUSTED; @retry_delay_ms is its hint (0: none). */
 void admission_throttled(Admission *a, uint32_t retry_delay_ms);

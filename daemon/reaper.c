@@ -120,6 +120,7 @@ static void delete_done(void *userdata, const Status *st, ProtobufCMessage *repl
                 (void)hashmap_remove(&r->retries, e->sandbox_id);
                 retry_free(e);
                 retry_arm(r);
+                admission_set_stopping(&r->manager->admission, reaper_pending_stops(r));
                 return;
         }
         retry_later(e, st);
@@ -164,6 +165,7 @@ void reaper_stop_sandbox(Reaper *r, const char *sandbox_id, const char *session_
         if (!e->sandbox_id || (session_id && !e->session_id) ||
             hashmap_put(&r->retries, e->sandbox_id, e) < 0)
                 abort();
+        admission_set_stopping(&r->manager->admission, reaper_pending_stops(r));
         if (failed)
                 retry_later(e, failed);
         else

@@ -195,6 +195,19 @@ static void test_cancel_and_hold(void) {
         is_int(a.stats.cancelled, 1, "cancel: counted");
         admission_release(&a, &p[2].ticket);
         close_admission(&a);
+
+        reset_probes(p, 3);
+        admission_init(&a, &loop, ADMISSION_WAIT, 2, 0);
+        admission_set_stopping(&a, 1);
+        admission_request(&a, &p[0].ticket, NULL, on_admission);
+        admission_request(&a, &p[1].ticket, NULL, on_admission);
+        ok(p[0].called && !p[1].called, "a stop being retried counts against the cap");
+        admission_set_stopping(&a, 0);
+        run_for(10);
+        ok(p[1].called, "once it is gone, the next create goes");
+        admission_release(&a, &p[0].ticket);
+        admission_release(&a, &p[1].ticket);
+        close_admission(&a);
 }
 
 static void test_rate(void) {
