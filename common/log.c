@@ -61,10 +61,17 @@ void log_set_journal(bool on) {
         use_journal = on;
 }
 
+/* The client whose request is being handled: records made meanwhile name it. */
+static int client_pid;
+
+void log_set_client_pid(int pid) {
+        client_pid = pid;
+}
+
 /* Only the fields that are set, so journal queries on SESSION= stay exact. */
 static void log_to_journal(LogLevel level, const char *session, const char *sandbox, const char *text) {
-        char msg[2100], prio[16], ident[64], sess[160], sbx[160];
-        struct iovec iov[5];
+        char msg[2100], prio[16], ident[64], sess[160], sbx[160], pid[32];
+        struct iovec iov[6];
         int n = 0;
 
         snprintf(msg, sizeof(msg), "MESSAGE=%s", text);
@@ -80,6 +87,10 @@ static void log_to_journal(LogLevel level, const char *session, const char *sand
         if (sandbox) {
                 snprintf(sbx, sizeof(sbx), "SANDBOX_ID=%s", sandbox);
                 iov[n++] = (struct iovec){ sbx, strlen(sbx) };
+        }
+        if (client_pid > 0) {
+                snprintf(pid, sizeof(pid), "CLIENT_PID=%d", client_pid);
+                iov[n++] = (struct iovec){ pid, strlen(pid) };
         }
         (void)sd_journal_sendv(iov, n);
 }
@@ -104,10 +115,13 @@ void log_full(LogLevel level, const char *session, const char *sandbox, const ch
          * One write per line: a daemon and the child it runs share stderr, and
          * separate writes would interleave their lines.
          */
-        char line[2400];
-        int n = snprintf(line, sizeof(line), "%s: %s:%s%s%s%s %s\n", log_ident, level_names[level],
+        char line[2400], pid[32] = "";
+
+        if (client_pid > 0)
+                snprintf(pid, sizeof(pid), " client_pid=%d", client_pid);
+        int n = snprintf(line, sizeof(line), "%s: %s:%s%s%s%s%s %s\n", log_ident, level_names[level],
                          session ? " session=" : "", session ? session : "",
-                         sandbox ? " sandbox=" : "", sandbox ? sandbox : "", text);
+                         sandbox ? " sandbox=" : "", sandbox ? sandbox : "", pid, text);
 
         if (n < 0)
                 return;

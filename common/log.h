@@ -41,6 +41,13 @@ void log_set_ident(const char *ident);
 void log_set_journal(bool on);
 
 /**
+ * log_set_client_pid() - records made from now on name client @pid
+ * (CLIENT_PID= in the journal, client_pid= on stderr); 0 ends that. The
+ * daemon sets it while it handles a client's request.
+ */
+void log_set_client_pid(int pid);
+
+/**
  * log_full() - log one event. @session and @sandbox may be NULL; when set they
  * appear as "session=... sandbox=..." on stderr and as SESSION= and SANDBOX_ID=
  * fields in the journal.

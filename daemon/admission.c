@@ -56,11 +56,23 @@ uint64_t token_bucket_wait_ms(TokenBucket *b, uint64_t now_ms) {
 
 /* ---- scopes ------------------------------------------------------------------------ */
 
+static void arm(Admission *a, uint64_t delay_ms);
+
 void admission_init(Admission *a, uv_loop_t *loop, AdmissionPolicy policy, unsigned max_alive, double rate) {
         *a = (Admission) { .loop = loop, .policy = policy, .backoff_ms = BACKOFF_FIRST_MS };
         admission_scope_init(a, &a->host, max_alive, rate);
         histogram_init(&a->stats.wait, wait_bounds, ELEMENTSOF(wait_bounds));
         uv_timer_init(loop, &a->timer);
+}
+
+void admission_set_limits(Admission *a, AdmissionPolicy policy, unsigned max_alive, double rate) {
+        a->policy = policy;
+        a->host.max_alive = max_alive;
+        if (rate != a->host.bucket.rate)
+                token_bucket_init(&a->host.bucket, rate, uv_now(a->loop));
+        /* Creates that wait under the old policy keep waiting under reject; they are not refused late. */
+        if (a->head && !a->closed)
+                arm(a, 0);
 }
 
 void admission_scope_init(Admission *a, AdmissionScope *scope, unsigned max_alive, double rate) {

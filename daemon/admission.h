@@ -101,6 +101,9 @@ uint64_t token_bucket_wait_ms(TokenBucket *b, uint64_t now_ms);
 /* @max_alive 0 and @rate 0: no host limits (the backend's pauses still apply). */
 void admission_init(Admission *a, uv_loop_t *loop, AdmissionPolicy policy, unsigned max_alive, double rate);
 
+/* New host limits and policy (a reload): waiting creates are looked at again. */
+void admission_set_limits(Admission *a, AdmissionPolicy policy, unsigned max_alive, double rate);
+
 /* A session's own limits (0 = none). */
 void admission_scope_init(Admission *a, AdmissionScope *scope, unsigned max_alive, double rate);
 

@@ -60,6 +60,7 @@ typedef struct ConfigKey {
         int64_t min, max;               /* numbers only */
         const char *default_value;
         const char *help;
+        bool reloadable;                /* SIGHUP applies it; the others need a restart */
 } ConfigKey;
 
 static const ConfigKey config_keys[] = {
@@ -79,10 +80,12 @@ static const ConfigKey config_keys[] = {
                 "api_key_file", CONFIG_TYPE_OPTIONAL_PATH, offsetof(Config, api_key_file), 0, 0,
                 "",
                 "File with the backend API key",
+                true,
         }, {
                 "log_level", CONFIG_TYPE_LOG_LEVEL, offsetof(Config, log_level), 0, 0,
                 "info",
                 "error, warning, notice, info or debug",
+                true,
         }, {
                 "max_frame_bytes", CONFIG_TYPE_SIZE, offsetof(Config, max_frame_bytes),
                 (int64_t)KiB, (int64_t)(256 * MiB),
@@ -133,23 +136,28 @@ static const ConfigKey config_keys[] = {
                 "max_sandboxes", CONFIG_TYPE_UINT, offsetof(Config, max_sandboxes), 0, 1000000,
                 "0",
                 "Most sandboxes alive at once on this host; 0 = no limit",
+                true,
         }, {
                 "max_creates_per_second", CONFIG_TYPE_RATE, offsetof(Config, max_creates_per_second), 0, 0,
                 "0",
                 "Most creates per second on this host (bursts of up to one second's worth); 0 = no limit",
+                true,
         }, {
                 "session_max_sandboxes", CONFIG_TYPE_UINT, offsetof(Config, session_max_sandboxes), 0, 1000000,
                 "0",
                 "Most sandboxes alive at once per session; 0 = no limit",
+                true,
         }, {
                 "session_max_creates_per_second", CONFIG_TYPE_RATE,
                 offsetof(Config, session_max_creates_per_second), 0, 0,
                 "0",
                 "Most creates per second per session; 0 = no limit",
+                true,
         }, {
                 "admission_policy", CONFIG_TYPE_POLICY, offsetof(Config, admission_policy), 0, 0,
                 "wait",
                 "A create over a limit: wait (in turn, up to the caller's timeout) or reject",
+                true,
         }, {
                 "metrics_textfile", CONFIG_TYPE_OPTIONAL_PATH, offsetof(Config, metrics_textfile), 0, 0,
                 "",
@@ -826,6 +834,71 @@ int config_parse_backend_url(const char *url, char **ret_target, bool *ret_tls, 
         *ret_target = target;
         *ret_tls = tls;
         return 0;
+}
+
+/* ---- reload ----------------------------------------------------------- */
+
+static size_t field_size(ConfigType type) {
+        switch (type) {
+        case CONFIG_TYPE_LOG_LEVEL:
+                return sizeof(LogLevel);
+        case CONFIG_TYPE_SIZE:
+        case CONFIG_TYPE_UINT:
+                return sizeof(uint64_t);
+        case CONFIG_TYPE_INT:
+                return sizeof(int64_t);
+        case CONFIG_TYPE_BOOL:
+                return sizeof(bool);
+        case CONFIG_TYPE_RATE:
+                return sizeof(double);
+        case CONFIG_TYPE_POLICY:
+                return sizeof(AdmissionPolicy);
+        default:
+                return 0;       /* strings */
+        }
+}
+
+static bool key_differs(const Config *a, const Config *b, const ConfigKey *k) {
+        const void *x = (const uint8_t *)a + k->offset, *y = (const uint8_t *)b + k->offset;
+        size_t n = field_size(k->type);
+
+        if (n)
+                return memcmp(x, y, n) != 0;
+        return !streq(*(char *const *)x ? *(char *const *)x : "", *(char *const *)y ? *(char *const *)y : "");
+}
+
+int config_reload(Config *running, Config *fresh, char *restart_keys, size_t size) {
+        size_t off = 0;
+        int n = 0;
+
+        if (size > 0)
+                restart_keys[0] = 0;
+        for (size_t i = 0; i < ELEMENTSOF(config_keys); i++) {
+                const ConfigKey *k = &config_keys[i];
+                uint8_t *x = (uint8_t *)running + k->offset, *y = (uint8_t *)fresh + k->offset;
+                size_t bytes = field_size(k->type);
+
+                if (!key_differs(running, fresh, k))
+                        continue;
+                if (!k->reloadable) {
+                        int r = snprintf(restart_keys + off, size > off ? size - off : 0, "%s%s", n ? ", " : "",
+                                         k->name);
+
+                        off += r > 0 ? (size_t)r : 0;
+                        n++;
+                        continue;
+                }
+                if (bytes)
+                        memcpy(x, y, bytes);
+                else {
+                        /* Swap the strings: each Config still frees its own. */
+                        char *t = *(char **)x;
+
+                        *(char **)x = *(char **)y;
+                        *(char **)y = t;
+                }
+        }
+        return n;
 }
 
 /* ---- usage ------------------------------------------------------------ */

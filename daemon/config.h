@@ -166,6 +166,17 @@ int config_parse_backend_url(const char *url, char **ret_target, bool *ret_tls, 
 int config_parse_size(const char *s, uint64_t *ret);
 
 /**
+ * config_reload() - a SIGHUP: take from @fresh (a whole new load) the keys a
+ * reload applies (log_level, api_key_file, the admission limits and policy)
+ * into @running; strings are swapped, so both stay freeable.
+ * @restart_keys: gets the other keys whose values differ ("socket, state_dir"),
+ *                which take effect at the next start only.
+ *
+ * Returns how many such keys there are.
+ */
+int config_reload(Config *running, Config *fresh, char *restart_keys, size_t size);
+
+/**
  * config_usage() - print the usage text: every flag with its default.
  * @f: where to print.
  */

@@ -480,7 +480,9 @@ static void conn_new_call(Conn *c, const ClientFrame *f) {
         call->conn = c;
         call->id = f->call_id;
         conn_link_call(c, call);
+        log_set_client_pid((int)c->peer.pid);
         c->server->dispatch(c->server->userdata, call, f);
+        log_set_client_pid(0);
 }
 
 /* Stream data, credit or cancel for a call in flight. */

@@ -1,15 +1,24 @@
 /*
  * cwsandboxd: configuration, signals and the service manager; the rest is
  * the Manager's.
+ *
+ * With the service manager (sd_notify): READY=1 once the socket listens and
+ * the first reconciliation has ended; STATUS= with live counts, when they
+ * change (looked at every few seconds); WATCHDOG=1 from a timer on the loop
+ * itself at half of WatchdogSec=, so a loop that is stuck stops the pings
+ * and systemd restarts the daemon; RELOADING=1 ... READY=1 around a SIGHUP
+ * reload; STOPPING=1 on SIGTERM.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <inttypes.h>
 #include <libgen.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <grpc/grpc.h>
 #include <systemd/sd-daemon.h>
@@ -23,23 +32,52 @@ typedef struct Main {
         Config config;
         Manager *manager;
         uv_signal_t sigterm, sigint, sighup;
+        uv_timer_t watchdog, status;
+        char status_line[256];
         int argc;
         char **argv;
         bool stopped;
 } Main;
 
+#define STATUS_EVERY_MS 2000
+
+static void on_watchdog(uv_timer_t *t) {
+        (void)sd_notify(0, "WATCHDOG=1");
+}
+
+/* STATUS= with the live counts, when they have changed. */
+static void on_status(uv_timer_t *t) {
+        Main *mn = t->data;
+        char line[sizeof(mn->status_line)];
+
+        manager_status_line(mn->manager, line, sizeof(line));
+        if (streq(line, mn->status_line))
+                return;
+        snprintf(mn->status_line, sizeof(mn->status_line), "%s", line);
+        (void)sd_notifyf(0, "STATUS=Serving: %s", line);
+}
+
 static void on_ready(void *userdata) {
         Main *mn = userdata;
+        uint64_t usec = 0;
 
         log_notice("ready: %s backend, socket %s", mn->manager->local ? "embedded" : mn->config.backend_url,
                    mn->config.socket_path);
-        (void)sd_notify(0, "READY=1\nSTATUS=Serving");
+        manager_status_line(mn->manager, mn->status_line, sizeof(mn->status_line));
+        (void)sd_notifyf(0, "READY=1\nSTATUS=Serving: %s", mn->status_line);
+        uv_timer_start(&mn->status, on_status, STATUS_EVERY_MS, STATUS_EVERY_MS);
+        if (sd_watchdog_enabled(0, &usec) > 0 && usec >= 2000) {
+                log_info("watchdog: a ping every %" PRIu64 " ms", usec / 2000);
+                uv_timer_start(&mn->watchdog, on_watchdog, 0, usec / 2000);
+        }
 }
 
 static void on_stopped(void *userdata) {
         Main *mn = userdata;
 
         mn->stopped = true;
+        uv_close((uv_handle_t *)&mn->watchdog, NULL);
+        uv_close((uv_handle_t *)&mn->status, NULL);
         uv_close((uv_handle_t *)&mn->sigterm, NULL);
         uv_close((uv_handle_t *)&mn->sigint, NULL);
         uv_close((uv_handle_t *)&mn->sighup, NULL);
@@ -49,29 +87,48 @@ static void on_stop_signal(uv_signal_t *s, int signum) {
         Main *mn = s->data;
 
         log_info("%s received", strsignal(signum));
-        (void)sd_notify(0, "STOPPING=1");
+        (void)sd_notify(0, "STOPPING=1\nSTATUS=Stopping: letting calls in flight finish");
+        uv_timer_stop(&mn->status);
         manager_stop(mn->manager, on_stopped, mn);
 }
 
-/* SIGHUP: re-read the configuration; only the log level applies without a restart. */
+static uint64_t monotonic_usec(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/*
+ * SIGHUP: read the configuration again and apply what can change while
+ * running (log level, admission limits, the API key). Connections, sessions
+ * and calls in flight are untouched. A bad file changes nothing.
+ */
 static void on_reload(uv_signal_t *s, int signum) {
         Main *mn = s->data;
         Config c = CONFIG_NULL(c);
         _cleanup_free_ char *error = NULL;
+        char restart_keys[512];
         int r;
 
-        (void)sd_notify(0, "RELOADING=1");
+        (void)sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%" PRIu64 "\nSTATUS=Reloading the configuration",
+                         monotonic_usec());
         r = config_init_defaults(&c);
         if (r >= 0)
                 r = config_load(&c, mn->argc, mn->argv, &error);
         if (r != 0)
                 log_error("reload: %s; keeping the running configuration", error ? error : strerror(-r));
-        else if (c.log_level != log_get_max_level()) {
-                log_set_max_level(c.log_level);
-                log_notice("reload: log level %s", log_level_to_string(c.log_level));
+        else {
+                if (config_reload(&mn->config, &c, restart_keys, sizeof(restart_keys)) > 0)
+                        log_warning("reload: %s changed; that takes a restart", restart_keys);
+                log_set_max_level(mn->config.log_level);
+                log_notice("reload: log level %s", log_level_to_string(mn->config.log_level));
+                if (mn->manager && !mn->manager->stopping)
+                        (void)manager_reload(mn->manager);
         }
         config_free(&c);
-        (void)sd_notify(0, "READY=1");
+        mn->status_line[0] = 0;         /* the next STATUS= goes out whatever it says */
+        (void)sd_notify(0, "READY=1\nSTATUS=Serving");
 }
 
 static int make_parent_dir(const char *path) {
@@ -119,7 +176,9 @@ static int run(Main *mn) {
         uv_signal_init(&mn->loop, &mn->sigterm);
         uv_signal_init(&mn->loop, &mn->sigint);
         uv_signal_init(&mn->loop, &mn->sighup);
-        mn->sigterm.data = mn->sigint.data = mn->sighup.data = mn;
+        uv_timer_init(&mn->loop, &mn->watchdog);
+        uv_timer_init(&mn->loop, &mn->status);
+        mn->sigterm.data = mn->sigint.data = mn->sighup.data = mn->status.data = mn;
         uv_signal_start(&mn->sigterm, on_stop_signal, SIGTERM);
         uv_signal_start(&mn->sigint, on_stop_signal, SIGINT);
         uv_signal_start(&mn->sighup, on_reload, SIGHUP);

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "apikey.h"
+#include "handle.h"
 #include "log.h"
 #include "manager.h"
 #include "persist.h"
@@ -231,6 +232,45 @@ int manager_new(uv_loop_t *loop, const Config *config, int listen_fd,
                 return r;
         start_serving(m);
         return 0;
+}
+
+/* ---- reload ---------------------------------------------------------------------------- */
+
+int manager_reload(Manager *m) {
+        const Config *c = m->config;
+        char *key = NULL;
+        int r;
+
+        admission_set_limits(&m->admission, c->admission_policy, (unsigned)c->max_sandboxes,
+                             c->max_creates_per_second);
+        log_notice("reload: max_sandboxes %" PRIu64 ", max_creates_per_second %g, policy %s", c->max_sandboxes,
+                   c->max_creates_per_second, c->admission_policy == ADMISSION_WAIT ? "wait" : "reject");
+        if (m->local || !m->backend)
+                return 0;       /* the embedded backend's token is its own */
+        r = apikey_load(c->api_key_file, &key);
+        if (r < 0)
+                return log_error("reload: keeping the API key in use"), r;
+        r = backend_set_api_key(m->backend, key);
+        if (r < 0) {
+                apikey_free(key);
+                return log_error("reload: the new API key cannot be used: %s", strerror(-r)), r;
+        }
+        apikey_free(m->api_key);
+        m->api_key = key;
+        log_notice("reload: API key %s", key ? "read again" : "none configured");
+        return 0;
+}
+
+void manager_status_line(const Manager *m, char *buf, size_t size) {
+        HashmapIter it = HASHMAP_ITER_INIT;
+        unsigned running = 0;
+        Handle *h;
+
+        while ((h = hashmap_next(&m->handles_by_id, &it)))
+                running += h->state == CWSANDBOXD__V1__SANDBOX_STATE__SANDBOX_STATE_RUNNING;
+        snprintf(buf, size, "%zu sessions, %zu sandboxes (%u running), %u clients, %u creates waiting",
+                 hashmap_size(&m->sessions_by_name), hashmap_size(&m->handles_by_id), running,
+                 m->server ? server_connections(m->server) : 0, m->admission.queued);
 }
 
 /* ---- stop ------------------------------------------------------------------------------ */

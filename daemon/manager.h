@@ -95,6 +95,20 @@ int manager_new(uv_loop_t *loop, const Config *config, int listen_fd,
 void manager_stop(Manager *m, void (*done)(void *userdata), void *userdata);
 Manager *manager_free(Manager *m);
 
+/**
+ * manager_reload() - apply what a reload may change: the admission limits
+ * and policy from m->config (already updated by the caller), and the API
+ * key, read again from its sources. Returns 0, or a negative errno when the
+ * key cannot be read (the old one stays; logged).
+ */
+int manager_reload(Manager *m);
+
+/*
+ * manager_status_line() - "3 sessions, 12 sandboxes (5 running), 4 clients"
+ * for the service manager's STATUS=.
+ */
+void manager_status_line(const Manager *m, char *buf, size_t size);
+
 /*
  * manager_state_status() - the ledger's health for status: "ok", or why it
  * cannot write, and what the load at start found when it was not clean.

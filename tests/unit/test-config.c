@@ -86,8 +86,30 @@ static char *config_get(const Config *c, const char *key) {
                 return strf("%" PRIu64, c->max_file_bytes);
         if (streq(key, "channel_pool_size"))
                 return strf("%" PRIu64, c->channel_pool_size);
+        if (streq(key, "max_sandboxes"))
+                return strf("%" PRIu64, c->max_sandboxes);
+        if (streq(key, "max_creates_per_second"))
+                return strf("%g", c->max_creates_per_second);
+        if (streq(key, "session_max_sandboxes"))
+                return strf("%" PRIu64, c->session_max_sandboxes);
+        if (streq(key, "session_max_creates_per_second"))
+                return strf("%g", c->session_max_creates_per_second);
+        if (streq(key, "admission_policy"))
+                return strdup(c->admission_policy == ADMISSION_WAIT ? "wait" : "reject");
+        if (streq(key, "metrics_textfile"))
+                return strdup(c->metrics_textfile);
+        if (streq(key, "metrics_textfile_interval_seconds"))
+                return strf("%" PRIu64, c->metrics_textfile_interval_seconds);
         return strdup("(unknown key)");
 }
+
+static const char *const all_keys[] = {
+        "socket", "state_dir", "backend_url", "api_key_file", "log_level", "max_frame_bytes", "max_connections",
+        "max_connections_per_uid", "default_linger_seconds", "reap_interval_seconds", "drain_timeout_seconds",
+        "stop_on_shutdown", "local_backend_path", "max_file_bytes", "channel_pool_size", "max_sandboxes",
+        "max_creates_per_second", "session_max_sandboxes", "session_max_creates_per_second", "admission_policy",
+        "metrics_textfile", "metrics_textfile_interval_seconds",
+};
 
 static char *key_to_flag(const char *key) {
         char *s = strdup(key);
@@ -117,6 +139,13 @@ static void test_defaults(void) {
                 { "local_backend_path", "" },
                 { "max_file_bytes", "268435456" },
                 { "channel_pool_size", "8" },
+                { "max_sandboxes", "0" },
+                { "max_creates_per_second", "0" },
+                { "session_max_sandboxes", "0" },
+                { "session_max_creates_per_second", "0" },
+                { "admission_policy", "wait" },
+                { "metrics_textfile", "" },
+                { "metrics_textfile_interval_seconds", "15" },
         };
         Config c;
 
@@ -665,6 +694,92 @@ static void remove_tmpdir(void) {
         (void)rmdir(tmpdir);
 }
 
+/* The shipped example loads as it is and says what the defaults say. */
+static void test_example(void) {
+        const char *path = getenv("CWSANDBOXD_EXAMPLE_CONF");
+        _cleanup_free_ char *error = NULL;
+        Config c, d;
+
+        if (!path) {
+                tap_skip("CWSANDBOXD_EXAMPLE_CONF is not set", "the example configuration");
+                return;
+        }
+        check_eq(config_init_defaults(&c), 0, "defaults for the example");
+        check_eq(config_load_file(&c, path, false, &error), 0, "the example configuration loads");
+        if (error)
+                diag("%s", error);
+        check_eq(config_init_defaults(&d), 0, "defaults to compare");
+        for (size_t i = 0; i < ELEMENTSOF(all_keys); i++) {
+                _cleanup_free_ char *got = config_get(&c, all_keys[i]), *want = config_get(&d, all_keys[i]);
+                _cleanup_free_ char *what = strf("the example's %s is the default", all_keys[i]);
+
+                check_str(got, want, what);
+        }
+        config_free(&c);
+        config_free(&d);
+}
+
+static void test_admission_keys(void) {
+        static const struct { const char *arg; bool good; const char *key, *want; } cases[] = {
+                { "--max-creates-per-second=2.5", true, "max_creates_per_second", "2.5" },
+                { "--max-creates-per-second=0", true, "max_creates_per_second", "0" },
+                { "--max-creates-per-second=-1", false, NULL, NULL },
+                { "--max-creates-per-second=fast", false, NULL, NULL },
+                { "--max-creates-per-second=1e9", false, NULL, NULL },
+                { "--max-creates-per-second=nan", false, NULL, NULL },
+                { "--admission-policy=reject", true, "admission_policy", "reject" },
+                { "--admission-policy=maybe", false, NULL, NULL },
+                { "--max-sandboxes=5", true, "max_sandboxes", "5" },
+                { "--metrics-textfile-interval-seconds=0", false, NULL, NULL },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                char *argv[] = { (char *)"cwsandboxd", (char *)cases[i].arg, NULL };
+                _cleanup_free_ char *error = NULL, *got = NULL;
+                Config c;
+                int r;
+
+                check_eq(config_init_defaults(&c), 0, "defaults");
+                r = config_parse_args(&c, 2, argv, &error);
+                check_eq(r, cases[i].good ? 0 : CONFIG_E_INVALID, cases[i].arg);
+                if (cases[i].good) {
+                        got = config_get(&c, cases[i].key);
+                        check_str(got, cases[i].want, cases[i].arg);
+                }
+                config_free(&c);
+        }
+}
+
+/* SIGHUP: the reloadable keys are taken, the others are named. */
+static void test_reload(void) {
+        Config running, fresh;
+        char keys[256];
+        int n;
+
+        check_eq(config_init_defaults(&running), 0, "reload: running defaults");
+        check_eq(config_init_defaults(&fresh), 0, "reload: fresh defaults");
+        fresh.log_level = LOG_LEVEL_DEBUG;
+        fresh.max_sandboxes = 7;
+        fresh.max_creates_per_second = 2.5;
+        fresh.admission_policy = ADMISSION_REJECT;
+        free(fresh.api_key_file);
+        fresh.api_key_file = strdup("/etc/cwsandboxd/key");
+        free(fresh.socket_path);
+        fresh.socket_path = strdup("/run/other.sock");
+        fresh.channel_pool_size = 3;
+        n = config_reload(&running, &fresh, keys, sizeof(keys));
+        check_eq(n, 2, "reload: two keys need a restart");
+        check_str(keys, "socket, channel_pool_size", "reload: named in table order");
+        check_eq(running.log_level == LOG_LEVEL_DEBUG && running.max_sandboxes == 7 &&
+                 running.max_creates_per_second == 2.5 && running.admission_policy == ADMISSION_REJECT, 1,
+                 "reload: log level, limits and policy taken");
+        check_str(running.api_key_file, "/etc/cwsandboxd/key", "reload: api_key_file taken");
+        check_str(running.socket_path, "/run/cwsandboxd/cwsandboxd.sock", "reload: socket kept");
+        check_eq((int)running.channel_pool_size, 8, "reload: channel_pool_size kept");
+        config_free(&running);
+        config_free(&fresh);
+}
+
 int main(void) {
         if (!mkdtemp(tmpdir)) {
                 perror("mkdtemp");
@@ -682,6 +797,9 @@ int main(void) {
         test_sizes();
         test_backend_url();
         test_usage();
+        test_example();
+        test_admission_keys();
+        test_reload();
 
         remove_tmpdir();
 
