@@ -53,8 +53,11 @@ static int spawn(DaemonProc *p) {
         argv[n++] = p->state_dir;
         argv[n++] = (char *)"--local-backend-path";
         argv[n++] = (char *)local;
-        argv[n++] = (char *)"--log-level";
-        argv[n++] = (char *)(level && *level ? level : "debug");
+        /* "config": the level comes from the configuration file (a reload may change it). */
+        if (!level || !streq(level, "config")) {
+                argv[n++] = (char *)"--log-level";
+                argv[n++] = (char *)(level && *level ? level : "debug");
+        }
         for (char **a = p->extra_args; a && *a && n < ELEMENTSOF(argv) - 1; a++)
                 argv[n++] = *a;
         argv[n] = NULL;

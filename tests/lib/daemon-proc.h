@@ -5,7 +5,8 @@
  *
  * The binaries come from $CWSANDBOXD and $CWSANDBOX_LOCAL (passed as
  * --local-backend-path). $CWSANDBOXD_LOG_LEVEL, when set, is passed as
- * --log-level (default debug). The daemon dies with the test
+ * --log-level (default debug); "config" passes none, so the configuration
+ * file sets it. The daemon dies with the test
  * (PR_SET_PDEATHSIG) and its output goes to stderr, never into TAP.
  */
 #pragma once
