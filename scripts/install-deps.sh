@@ -17,6 +17,8 @@ packages=(
         procps               # ps, used by tests
         iproute2             # ip, used by the runner test (network namespace)
         python3              # JSON checks of the cwsandboxctl test
+        systemd              # systemd-analyze and systemd-socket-activate, for the unit tests
+        util-linux           # unshare, for the journal test
 )
 
 missing=()
