@@ -84,7 +84,7 @@ sysconf=$( [ "$prefix" = /usr ] && echo /etc || echo "$prefix/etc" )
 for f in sbin/cwsandboxd bin/cwsandboxctl bin/cwsandbox-local libexec/cwsandbox/cwsandbox-local-run \
          include/cwsandbox.h lib/systemd/system/cwsandboxd.service lib/systemd/system/cwsandboxd.socket \
          lib/sysusers.d/cwsandboxd.conf lib/tmpfiles.d/cwsandboxd.conf share/cwsandboxd/local-backend.conf \
-         share/bash-completion/completions/cwsandboxctl; do
+         share/bash-completion/completions/cwsandboxctl share/doc/cwsandboxd/README.md; do
         [ -e "$DEST$prefix/$f" ]
         check $? "installed: $prefix/$f"
 done
