@@ -19,6 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "client-util.h"
 #include "cwsandbox.h"
 #include "fake-daemon.h"
 #include "tap.h"
@@ -33,11 +34,6 @@ typedef Cwsandboxd__V1__ClientFrame ClientFrame;
 static FakeDaemon *fake;
 static cws_conn *conn;
 
-static void diag_err(const char *what, int r, const cws_error *err) {
-        diag("%s: %d %s: %s%s%s", what, r, cws_strerror(r), err->message,
-             err->reason[0] ? " reason " : "", err->reason);
-}
-
 static cws_conn *connect_or_bail(const char *name) {
         cws_conn *c = NULL;
         cws_error err;
@@ -45,7 +41,7 @@ static cws_conn *connect_or_bail(const char *name) {
 
         r = cws_connect(fake_daemon_socket(fake), name, &c, &err);
         if (r != 0) {
-                diag_err("connect", r, &err);
+                cu_diag_err("connect", r, &err);
                 bail_out("cannot connect to the fake daemon");
         }
         return c;
@@ -145,7 +141,7 @@ static void test_sessions(void) {
 
         r = cws_attach(conn, "train", &o, &a, &err);
         if (r != 0) {
-                diag_err("attach", r, &err);
+                cu_diag_err("attach", r, &err);
                 bail_out("attach failed");
         }
         ok(a->created && strcmp(a->session_id, "ses-train") == 0, "attach: created ses-train");
@@ -225,7 +221,7 @@ static void test_create(void) {
 
         r = cws_sandbox_create(conn, "ses-train", &o, &sb, &err);
         if (r != 0)
-                diag_err("create", r, &err);
+                cu_diag_err("create", r, &err);
         ok(r == 0 && strcmp(sb->handle_id, "h-1") == 0 && sb->state == CWS_STATE_CREATING,
            "create with start: a handle, CREATING");
         ok(r == 0 && sb->scope == CWS_SCOPE_CONNECTION && sb->n_tags == 1 && strcmp(sb->tags[0], "t1") == 0 &&
@@ -510,7 +506,7 @@ static void test_exec_stdin(void) {
                 input[i] = (uint8_t)(i * 7 + i / 4096);
         r = cws_exec_start(conn, "h-1", cat, &o, &x, &err);
         if (r != 0) {
-                diag_err("exec cat", r, &err);
+                cu_diag_err("exec cat", r, &err);
                 ok(false, "stdin exec: started");
                 return;
         }
@@ -660,11 +656,11 @@ static void test_files(void) {
                 data[i] = (uint8_t)(i ^ (i >> 9));
         r = cws_write_file(conn, "h-1", "/big", data, big, &err);
         if (r != 0)
-                diag_err("write", r, &err);
+                cu_diag_err("write", r, &err);
         is_int(r, 0, "write 12 MiB in chunks");
         r = cws_read_file(conn, "h-1", "/big", &got, &len, &err);
         if (r != 0)
-                diag_err("read", r, &err);
+                cu_diag_err("read", r, &err);
         ok(r == 0 && len == big && memcmp(got, data, big) == 0, "read it back byte for byte");
         ok(fake_daemon_count(fake, FAKE_CREDIT_BYTES) - base >= big - FAKE_READ_CREDIT,
            "the read granted credit beyond the initial 4 MiB");
@@ -953,7 +949,7 @@ static void test_drop_wakes_waiters(void) {
            w[0].err.message);
         r = cws_get_status(c, &s, &err);
         if (r != 0)
-                diag_err("status after the drop", r, &err);
+                cu_diag_err("status after the drop", r, &err);
         is_int(r, 0, "a new call after the drop waits for the reconnect and succeeds");
         cws_status_free(s);
         ok(cws_conn_reconnects(c) > base, "the connection reconnected (%" PRIu64 " times)", cws_conn_reconnects(c));
@@ -1093,7 +1089,7 @@ static void test_reattach(void) {
         if (r == 0)
                 r = cws_close_session(c, s[3]->session_id, NULL, &err);
         if (r != 0) {
-                diag_err("attach, detach, close", r, &err);
+                cu_diag_err("attach, detach, close", r, &err);
                 bail_out("cannot set the sessions up");
         }
         from = fake_daemon_requests(fake, BODY(ATTACH_SESSION));
@@ -1165,7 +1161,7 @@ static void test_remap(void) {
 
         r = cws_sandbox_create(c, s->session_id, NULL, &sb, &err);
         if (r != 0)
-                diag_err("create with the old id", r, &err);
+                cu_diag_err("create with the old id", r, &err);
         ok(r == 0 && strcmp(sb->session_id, "ses-1-rm") == 0,
            "a create with the old session id reaches the session under its new id");
         cws_sandbox_free(sb);
@@ -1237,7 +1233,7 @@ static void test_wait_while_down(void) {
         ok(fake_daemon_up(fake, false) == 0, "the daemon is back");
         pthread_join(t, NULL);
         if (w.r != 0)
-                diag_err("the waiting call", w.r, &w.err);
+                cu_diag_err("the waiting call", w.r, &w.err);
         is_int(w.r, 0, "a call started while the daemon was down waited and succeeded");
         ok(cws_conn_reconnects(c) > base, "through the reconnected connection");
 

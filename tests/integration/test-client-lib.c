@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "client-util.h"
 #include "cwsandbox.h"
 #include "daemon-proc.h"
 #include "test-util.h"
@@ -30,11 +31,6 @@ static cws_conn *conn;
 static char *session_id;
 static char *sandbox_id;
 
-static void diag_err(const char *what, int r, const cws_error *err) {
-        diag("%s: %d %s: %s%s%s", what, r, cws_strerror(r), err->message,
-             err->reason[0] ? " reason " : "", err->reason);
-}
-
 static cws_sandbox *start_sandbox(const cws_sandbox_args *args, const char *what) {
         cws_create_options o = { .args = args, .start = true };
         cws_sandbox *sb = NULL, *w = NULL;
@@ -45,7 +41,7 @@ static cws_sandbox *start_sandbox(const cws_sandbox_args *args, const char *what
         if (r == 0)
                 r = cws_sandbox_wait(conn, sb->handle_id, false, WAIT_MS, &w, &err);
         if (r != 0)
-                diag_err(what, r, &err);
+                cu_diag_err(what, r, &err);
         ok(r == 0 && w->state == CWS_STATE_RUNNING, "%s: running", what);
         cws_sandbox_free(w);
         return sb;
@@ -61,7 +57,7 @@ static void test_connect(void) {
 
         r = cws_connect(daemon_proc->socket_path, "test-client-lib", &conn, &err);
         if (r != 0) {
-                diag_err("connect", r, &err);
+                cu_diag_err("connect", r, &err);
                 bail_out("cannot connect to the daemon");
         }
         h = cws_conn_hello(conn);
@@ -83,7 +79,7 @@ static void test_attach(void) {
 
         r = cws_attach(conn, "client-lib", NULL, &a, &err);
         if (r != 0) {
-                diag_err("attach", r, &err);
+                cu_diag_err("attach", r, &err);
                 bail_out("attach failed");
         }
         ok(a->created, "attach: created the session");
@@ -93,7 +89,7 @@ static void test_attach(void) {
         if (r == 0)
                 r = cws_attach(second, "client-lib", NULL, &b, &err);
         if (r != 0)
-                diag_err("second attach", r, &err);
+                cu_diag_err("second attach", r, &err);
         ok(r == 0 && !b->created, "second attach: joined, not created");
         ok(r == 0 && streq(a->session_id, b->session_id), "second attach: same session id");
         if (r == 0)
@@ -115,18 +111,18 @@ static void test_create_start_wait(void) {
 
         r = cws_sandbox_create(conn, session_id, NULL, &sb, &err);
         if (r != 0) {
-                diag_err("create", r, &err);
+                cu_diag_err("create", r, &err);
                 bail_out("create failed");
         }
         is_int(sb->state, CWS_STATE_UNSTARTED, "create without start: UNSTARTED");
         ok(sb->handle_id[0] != 0, "create: a handle id");
         r = cws_sandbox_start(conn, sb->handle_id, &started, &err);
         if (r != 0)
-                diag_err("start", r, &err);
+                cu_diag_err("start", r, &err);
         ok(r == 0 && started->sandbox_id[0], "start: a backend id");
         r = cws_sandbox_wait(conn, sb->handle_id, false, WAIT_MS, &w, &err);
         if (r != 0)
-                diag_err("wait", r, &err);
+                cu_diag_err("wait", r, &err);
         ok(r == 0 && w->state == CWS_STATE_RUNNING, "wait: RUNNING");
         r = cws_sandbox_get(conn, sb->handle_id, true, &g, &err);
         ok(r == 0 && g->state == CWS_STATE_RUNNING, "get with refresh: RUNNING");
@@ -151,7 +147,7 @@ static void test_exec_buffered(void) {
 
         r = cws_exec_run(conn, sandbox_id, argv, NULL, &res, &err);
         if (r != 0)
-                diag_err("exec", r, &err);
+                cu_diag_err("exec", r, &err);
         ok(r == 0, "buffered exec: success");
         if (r != 0)
                 return;
@@ -177,7 +173,7 @@ static void test_exec_stream(void) {
 
         r = cws_exec_start(conn, sandbox_id, argv, &o, &x, &err);
         if (r != 0) {
-                diag_err("exec start", r, &err);
+                cu_diag_err("exec start", r, &err);
                 ok(false, "streaming exec: started");
                 return;
         }
@@ -196,7 +192,7 @@ static void test_exec_stream(void) {
                 }
         }
         if (r != 0)
-                diag_err("exec read", r, &err);
+                cu_diag_err("exec read", r, &err);
         ok(r == 0, "streaming exec: output read to its end");
         is_str(out, input, "streaming exec: stdin came back on stdout");
         is_str(errbuf, "done\n", "streaming exec: stderr tagged as stderr");
@@ -217,7 +213,7 @@ static void test_exec_wait_drops(void) {
         if (r == 0)
                 r = cws_exec_wait(x, &code, &err);
         if (r != 0)
-                diag_err("exec wait", r, &err);
+                cu_diag_err("exec wait", r, &err);
         ok(r == 0 && code == 4, "exec wait past 3 MB of unread output: exit code 4");
         cws_exec_free(x);
 }
@@ -296,11 +292,11 @@ static void test_files(void) {
         }
         r = cws_write_file(conn, sandbox_id, "/tmp/blob", blob, BLOB_SIZE, &err);
         if (r != 0)
-                diag_err("write file", r, &err);
+                cu_diag_err("write file", r, &err);
         ok(r == 0, "write_file: 3 MiB");
         r = cws_read_file(conn, sandbox_id, "/tmp/blob", &back, &len, &err);
         if (r != 0)
-                diag_err("read file", r, &err);
+                cu_diag_err("read file", r, &err);
         ok(r == 0 && len == BLOB_SIZE && memcmp(back, blob, BLOB_SIZE) == 0,
            "read_file: the same 3 MiB, byte for byte (%zu bytes)", len);
         free(back);
@@ -338,7 +334,7 @@ static int read_logs(const char *id, cws_logs_options *o, char lines[][32], int 
                 cws_log_line_free(line);
         }
         if (r != 0)
-                diag_err("logs", r, &err);
+                cu_diag_err("logs", r, &err);
         cws_logs_close(l);
         return r == 0 ? n : -1;
 }
@@ -386,7 +382,7 @@ static void test_list_stop_delete(void) {
                 return;
         r = cws_list_sandboxes(conn, &lo, &l, &err);
         if (r != 0)
-                diag_err("list", r, &err);
+                cu_diag_err("list", r, &err);
         ok(r == 0 && l->n_sandboxes == 1, "list by tag: one sandbox");
         if (r == 0 && l->n_sandboxes == 1) {
                 is_str(l->sandboxes[0].handle_id, sb->handle_id, "list by tag: the tagged sandbox");
@@ -407,14 +403,14 @@ static void test_list_stop_delete(void) {
 
         r = cws_sandbox_stop(conn, sb->handle_id, &so, &stopped, &err);
         if (r != 0)
-                diag_err("stop", r, &err);
+                cu_diag_err("stop", r, &err);
         ok(r == 0 && stopped && stopped->state == CWS_STATE_TERMINATED, "stop: TERMINATED (%s)",
            stopped ? cws_state_name(stopped->state) : "-");
         cws_sandbox_free(stopped);
 
         r = cws_sandbox_delete(conn, sb->sandbox_id, true, &err);
         if (r != 0)
-                diag_err("delete", r, &err);
+                cu_diag_err("delete", r, &err);
         is_int(r, 0, "delete a stopped sandbox with missing_ok");
         r = cws_sandbox_delete(conn, "sandbox-that-never-was", true, &err);
         is_int(r, 0, "delete missing with missing_ok: success");
@@ -455,7 +451,7 @@ static void test_adopt(void) {
         lo.adopt = true;
         r = cws_list_sandboxes(conn, &lo, &l, &err);
         if (r != 0)
-                diag_err("list adopt", r, &err);
+                cu_diag_err("list adopt", r, &err);
         ok(r == 0 && l->n_sandboxes == 1 && streq(l->sandboxes[0].sandbox_id, outside->sandbox_id),
            "list with adopt: found");
         ok(r == 0 && l->n_sandboxes == 1 && streq(l->sandboxes[0].session_id, session_id),
@@ -492,7 +488,7 @@ static void test_close_session(void) {
 
         r = cws_close_session(conn, session_id, &cr, &err);
         if (r != 0)
-                diag_err("close session", r, &err);
+                cu_diag_err("close session", r, &err);
         ok(r == 0, "close session");
         if (r == 0) {
                 is_int(cr->stopped, 3, "close session: the three running sandboxes stopped");
@@ -520,7 +516,7 @@ static void sandbox_echo(const char *sid, const char *word, const char *what) {
         if (r == 0)
                 r = cws_exec_run(conn, sb->handle_id, argv, NULL, &res, &err);
         if (r != 0)
-                diag_err(what, r, &err);
+                cu_diag_err(what, r, &err);
         ok(r == 0 && res->exit_code == 0 && streq(res->stdout_data, want), "%s: create, wait, exec echo", what);
         cws_exec_result_free(res);
         cws_sandbox_free(w);
@@ -546,7 +542,7 @@ static void test_daemon_restart(void) {
 
         r = cws_attach(conn, "client-lib-restart", &o, &s, &err);
         if (r != 0) {
-                diag_err("attach", r, &err);
+                cu_diag_err("attach", r, &err);
                 ok(false, "attach before the restart");
                 return;
         }
@@ -563,7 +559,7 @@ static void test_daemon_restart(void) {
 
         r = cws_list_sessions(conn, &sl, &err);
         if (r != 0)
-                diag_err("list sessions", r, &err);
+                cu_diag_err("list sessions", r, &err);
         for (size_t i = 0; r == 0 && i < sl->n_sessions; i++)
                 if (streq(sl->sessions[i].name, "client-lib-restart") && sl->sessions[i].connections >= 1) {
                         attached = true;

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
+#include "client-util.h"
 #include "cwsandbox.h"
 #include "daemon-proc.h"
 #include "test-util.h"
@@ -38,31 +39,12 @@ typedef struct Client {
         char message[256];
 } Client;
 
-static void diag_err(const char *what, int r, const cws_error *err) {
-        diag("%s: %d %s: %s%s%s", what, r, cws_strerror(r), err->message,
-             err->reason[0] ? " reason " : "", err->reason);
-}
-
 static cws_conn *connect_to(DaemonProc *d) {
-        cws_conn *c = NULL;
-        cws_error err;
-
-        if (cws_connect(d->socket_path, "test-daemon-admission", &c, &err) != 0)
-                bail_out("connect: %s", err.message);
-        return c;
+        return cu_connect(d->socket_path, "test-daemon-admission");
 }
 
 static char *attach(cws_conn *c, const char *name, uint32_t max_sandboxes) {
-        cws_attach_options o = { .has_linger = true, .linger_seconds = 0, .max_sandboxes = max_sandboxes };
-        cws_session *s = NULL;
-        cws_error err;
-        char *id;
-
-        if (cws_attach(c, name, &o, &s, &err) != 0)
-                bail_out("attach %s: %s", name, err.message);
-        id = strdup(s->session_id);
-        cws_session_free(s);
-        return id;
+        return cu_attach(c, name, 0, max_sandboxes);
 }
 
 /* One client's life: create (started), wait running, exec, stop. */
@@ -187,7 +169,7 @@ static void test_timeout_and_session_limit(cws_conn *c) {
 
         for (int i = 0; i < MAX_ALIVE; i++)
                 if (cws_sandbox_create(c, full, &started, &held[i], &err) != 0)
-                        diag_err("hold", -1, &err);
+                        cu_diag_err("hold", -1, &err);
         ok(cws_sandbox_create(c, full, &unstarted, &late, &err) == 0, "a sixth handle (not started)");
         t0 = test_mono_ms();
         r = cws_sandbox_wait(c, late->handle_id, false, 1000, NULL, &err);

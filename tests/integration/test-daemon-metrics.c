@@ -23,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "client-util.h"
 #include "cwsandbox.h"
 #include "daemon-proc.h"
 #include "promparse.h"
@@ -36,31 +37,12 @@ static DaemonProc *daemon_proc;
 static char textfile_dir[] = "/tmp/cwsandboxd-metrics-XXXXXX";
 static char textfile[128];
 
-static void diag_err(const char *what, int r, const cws_error *err) {
-        diag("%s: %d %s: %s%s%s", what, r, cws_strerror(r), err->message,
-             err->reason[0] ? " reason " : "", err->reason);
-}
-
 static cws_conn *connect_or_die(const char *name) {
-        cws_conn *c = NULL;
-        cws_error err;
-
-        if (cws_connect(daemon_proc->socket_path, name, &c, &err) != 0)
-                bail_out("connect: %s", err.message);
-        return c;
+        return cu_connect(daemon_proc->socket_path, name);
 }
 
 static char *attach_or_die(cws_conn *c, const char *name) {
-        cws_attach_options o = { .has_linger = true, .linger_seconds = 60 };
-        cws_session *s = NULL;
-        cws_error err;
-        char *id;
-
-        if (cws_attach(c, name, &o, &s, &err) != 0)
-                bail_out("attach %s: %s", name, err.message);
-        id = strdup(s->session_id);
-        cws_session_free(s);
-        return id;
+        return cu_attach(c, name, 60, 0);
 }
 
 /* Create and start a sandbox; its handle id, and the seconds the call and the wait for RUNNING took. */
@@ -76,7 +58,7 @@ static char *start_sandbox(cws_conn *c, const char *session_id, double *ret_seco
         if (r == 0)
                 r = cws_sandbox_wait(c, sb->handle_id, false, WAIT_MS, NULL, &err);
         if (r != 0) {
-                diag_err("start sandbox", r, &err);
+                cu_diag_err("start sandbox", r, &err);
                 cws_sandbox_free(sb);
                 return NULL;
         }
@@ -111,7 +93,7 @@ static cws_metrics *get_metrics(cws_conn *c, const char *session_id, bool reset,
 
         r = cws_get_metrics(c, session_id, reset, prometheus, &m, &err);
         if (r != 0)
-                diag_err("metrics", r, &err);
+                cu_diag_err("metrics", r, &err);
         return m;
 }
 
