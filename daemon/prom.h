@@ -3,9 +3,12 @@
  * the fixed-bucket histograms the daemon keeps for it.
  *
  * A writer emits families in order: prom_family() (HELP and TYPE lines),
- * then that family's samples. Names are the caller's constants and must be
- * valid metric and label names; label values may hold any bytes (\, " and
- * newline are escaped), so the text is valid whatever they hold.
+ * then that family's samples. Metric and label names are the caller's
+ * constants: a bad name, a sample with no family, a counter below zero or a
+ * histogram call on a gauge is a bug, caught by assert(). Label values and
+ * help text are data and may hold any bytes; the writer escapes what the
+ * format needs (\, newline, and " in label values), so the text stays valid
+ * whatever they hold.
  */
 #pragma once
 
@@ -24,14 +27,26 @@ typedef struct Histogram {
         double sum;
 } Histogram;
 
-/* @bounds must outlive @h; at most HISTOGRAM_MAX_BOUNDS. */
+/**
+ * histogram_init() - an empty histogram over @bounds.
+ * @bounds: at most HISTOGRAM_MAX_BOUNDS finite bounds, strictly ascending; they must outlive @h.
+ */
 void histogram_init(Histogram *h, const double *bounds, unsigned n_bounds);
-/* @v goes in the first bucket whose bound is >= @v (Prometheus' "le"). */
+
+/**
+ * histogram_observe() - count @v in the first bucket whose bound is >= @v
+ * (Prometheus' "le"), or in the last when it is above every bound. NaN is
+ * above every bound and makes the sum NaN, as Prometheus clients do.
+ */
 void histogram_observe(Histogram *h, double v);
+
+/**
+ * histogram_reset() - back to empty, over the same bounds.
+ */
 void histogram_reset(Histogram *h);
 
 typedef struct PromLabel {
-        const char *name, *value;
+        const char *name, *value;       /* a NULL value is written as "" */
 } PromLabel;
 
 typedef enum PromType {
@@ -40,25 +55,53 @@ typedef enum PromType {
         PROM_HISTOGRAM,
 } PromType;
 
+/* Longest metric name a writer takes, the histogram suffixes left out. */
+#define PROM_NAME_MAX 127
+
 typedef struct PromWriter {
         FILE *f;
-        const char *family;             /* the current family's name */
+        char family[PROM_NAME_MAX + 1]; /* the current family, "" before the first */
         PromType type;
 } PromWriter;
 
+/**
+ * prom_init() - a writer on @f (a memory stream or a file the caller owns and closes).
+ */
 void prom_init(PromWriter *w, FILE *f);
 
-/* Start a family: "# HELP name help" and "# TYPE name type". */
+/**
+ * prom_family() - start a family: "# HELP @name @help" and "# TYPE @name @type".
+ * @name: a valid metric name, [a-zA-Z_:][a-zA-Z0-9_:]*, copied.
+ * @help: any text; backslash and newline are escaped.
+ */
 void prom_family(PromWriter *w, const char *name, PromType type, const char *help);
 
-/* One sample of the current counter or gauge family. */
+/**
+ * prom_sample() - one sample of the current counter or gauge family:
+ * name{l1="v1",...} value. Label names must be valid ([a-zA-Z_][a-zA-Z0-9_]*,
+ * not "__..."), distinct, and never "le"; a counter's value must not be
+ * negative.
+ */
 void prom_sample(PromWriter *w, const PromLabel *labels, size_t n_labels, double value);
 
-/* One histogram of the current histogram family: cumulative _bucket lines (le last), _sum, _count. */
+/**
+ * prom_histogram() - one histogram of the current histogram family with
+ * @labels (the rules of prom_sample()): a cumulative name_bucket line per
+ * bound and le="+Inf", then name_sum and name_count.
+ */
 void prom_histogram(PromWriter *w, const PromLabel *labels, size_t n_labels, const Histogram *h);
 
-/* 0, or -EIO when a write failed. */
+/**
+ * prom_end() - flush. Returns 0, or -EIO when a write failed.
+ */
 int prom_end(PromWriter *w);
 
-/* @v as the format spells it: "42", "0.25", "+Inf", "NaN". @buf of at least 32 bytes. */
+/**
+ * prom_format_value() - @v as the writer spells values and le bounds: an
+ * integer that a double holds exactly (|v| <= 2^53) without exponent or
+ * point ("42"), other finite values in the fewest digits that read back the
+ * same ("0.1", "1e+300"), and "+Inf", "-Inf", "NaN".
+ * @size: at least PROM_VALUE_MAX bytes.
+ */
+#define PROM_VALUE_MAX 32
 void prom_format_value(double v, char *buf, size_t size);

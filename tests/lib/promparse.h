@@ -1,8 +1,25 @@
 /*
  * PromParse: a strict parser of the Prometheus text format (version 0.0.4)
- * for tests: it refuses what a Prometheus server would refuse, and more
- * (the daemon's families must all have HELP and TYPE, counters end in
- * _total), and gives the samples back so a test can read values.
+ * for tests. It refuses what a Prometheus server would refuse, and some
+ * spellings it would take: values must be decimal or hexadecimal Go floats
+ * without digit separators, or exactly +Inf, -Inf or NaN. It gives the
+ * samples back so a test can read values, and prom_doc_check_daemon() adds
+ * the daemon's own rules (a prefix, HELP and TYPE everywhere, counters
+ * named *_total).
+ *
+ * Rules enforced, each reported with its line number:
+ *   - every line ends with \n; blank lines and other # comments are skipped;
+ *   - metric names [a-zA-Z_:][a-zA-Z0-9_:]*, label names [a-zA-Z_][a-zA-Z0-9_]*
+ *     not starting with "__", no label twice in a sample;
+ *   - label values and HELP text use only the escapes \\ \" \n (HELP: \\ \n);
+ *   - a value, then at most an integer timestamp;
+ *   - at most one HELP and one TYPE per family, TYPE before its first sample,
+ *     TYPE counter, gauge, histogram, summary or untyped;
+ *   - a family's samples together (one never comes back after another began),
+ *     no sample twice (same name and label set), counters not negative;
+ *   - histograms: only name_bucket (with le), name_sum and name_count; per
+ *     label set, buckets in increasing le with cumulative counts, the last
+ *     le="+Inf" and equal to name_count, and both _sum and _count present.
  */
 #pragma once
 
@@ -13,7 +30,9 @@ typedef struct PromSample {
         char *name;
         char *labels;           /* canonical: a="x",b="y" sorted by name, values escaped; "" for none */
         double value;
-        char *group;            /* the labels without le (a histogram bucket's label set) */
+        unsigned line;          /* where it was read, from 1 */
+        /* For histograms: */
+        char *group;            /* the canonical labels without le */
         bool has_le;
         double le;
 } PromSample;
@@ -22,21 +41,35 @@ typedef struct PromFamily {
         char *name;
         char *type;             /* counter, gauge, histogram, summary, untyped; NULL when no TYPE line */
         bool has_help;
+        size_t first_sample;    /* its samples: doc->samples[first_sample ..] */
+        size_t n_samples;
 } PromFamily;
 
 typedef struct PromDoc {
         PromSample *samples;
         size_t n_samples;
-        PromFamily *families;
+        PromFamily *families;   /* in the order they began */
         size_t n_families;
 } PromDoc;
 
-/* Parse @text into @ret; 0, or -EINVAL with the line number and the rule broken in @err. */
+/**
+ * prom_parse() - parse @text into @ret (freed with prom_doc_free()).
+ * Returns 0, or -EINVAL with "line N: " and the rule broken in @err; @ret is
+ * written only on success.
+ */
 int prom_parse(const char *text, PromDoc *ret, char *err, size_t err_size);
+
 void prom_doc_free(PromDoc *d);
 
-/* The value of sample @name with canonical @labels (NULL or "" = none); false when absent. */
+/**
+ * prom_doc_get() - the value of sample @name with the canonical @labels
+ * (NULL or "" = none) in @ret. Returns false when there is no such sample.
+ */
 bool prom_doc_get(const PromDoc *d, const char *name, const char *labels, double *ret);
 
-/* Every family named @prefix..., with HELP and TYPE, counters named ..._total. 0 or -EINVAL with @err. */
+/**
+ * prom_doc_check_daemon() - the daemon's rules on a parsed document: every
+ * family named @prefix..., with HELP and TYPE, and every counter's name ends
+ * in _total. Returns 0, or -EINVAL with the family and rule in @err.
+ */
 int prom_doc_check_daemon(const PromDoc *d, const char *prefix, char *err, size_t err_size);
