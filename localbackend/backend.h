@@ -41,11 +41,12 @@ typedef struct Backend {
 
         /* rpc_sandbox.c: the account's limits on creates (Control SetQuota) */
         struct {
-                unsigned max_alive;
-                double rate, tokens;
+                unsigned max_alive;             /* 0 = no limit */
+                double rate;                    /* creates per second; 0 = no limit */
+                double tokens;                  /* the bucket, as of last_ms (loop time) */
                 uint64_t last_ms;
-                uint32_t retry_delay_ms;
-                uint64_t rejections;
+                uint32_t retry_delay_ms;        /* the RetryInfo of a refusal; 0 = none */
+                uint64_t rejections;            /* since start or the last counter reset */
         } quota;
 
         unsigned n_processes;   /* sandbox and exec process trees running */

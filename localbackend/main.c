@@ -84,7 +84,8 @@ static void help(void) {
                "  --fault METHOD:KEY=VALUE[,KEY=VALUE...]\n"
                "                          inject faults into METHOD (an rpc name or *); keys:\n"
                "                          latency_ms, error_rate, error_code (name or number),\n"
-               "                          drop_rate, reply_delay_ms, remaining; repeatable\n"
+               "                          drop_rate, reply_delay_ms, remaining,\n"
+               "                          retry_delay_ms; repeatable\n"
                "  --log-level LEVEL       error, warning, notice, info (default) or debug\n"
                "  --print-address         print each bound address on stdout once listening\n"
                "  --version               print the version and exit\n"
@@ -150,6 +151,8 @@ static int fault_set_key(FaultRule *rule, const char *key, const char *value) {
                 return parse_u32(value, &rule->reply_delay_ms);
         if (streq(key, "remaining"))
                 return parse_u32(value, &rule->remaining);
+        if (streq(key, "retry_delay_ms"))
+                return parse_u32(value, &rule->retry_delay_ms);
         return -ENOENT;
 }
 

@@ -5,6 +5,10 @@
  * the background). Every field a client sends is checked here or in
  * sandbox_create(); a bad one gets INVALID_ARGUMENT naming the field.
  *
+ * CreateSandbox also enforces the account's quota set through Control
+ * SetQuota: sandboxes alive at once (the registry's exact count) and a token
+ * bucket of creates per second, refilled lazily when a create looks at it.
+ *
  * List pages are ordered by creation; a page token is "p<seq>" with the
  * creation sequence number of the last sandbox returned, so pages stay
  * stable while sandboxes are created or forgotten between calls.
@@ -60,33 +64,45 @@ static bool check_request_id(UnaryCall *c, const char *request_id) {
         return true;
 }
 
-/* The account's quota (Control SetQuota): refuse as the service does, with a reason and a retry hint. */
-static bool quota_allows(Backend *b, UnaryCall *c) {
+/* Refill the create bucket for the time since the last look. */
+static void quota_refill(Backend *b) {
         uint64_t now = uv_now(b->loop);
+        double burst = fmax(1.0, ceil(b->quota.rate));
 
-        if (b->quota.rate > 0) {
-                double burst = fmax(1.0, ceil(b->quota.rate));
+        b->quota.tokens = fmin(burst, b->quota.tokens + b->quota.rate * (double)(now - b->quota.last_ms) / 1000.0);
+        b->quota.last_ms = now;
+}
 
-                b->quota.tokens = fmin(burst, b->quota.tokens + b->quota.rate * (double)(now - b->quota.last_ms) / 1000.0);
-                b->quota.last_ms = now;
-        }
-        unary_call_set_details(c, REASON_QUOTA_EXCEEDED, b->quota.retry_delay_ms);
+/*
+ * The account's quota (Control SetQuota): refuse a create over a limit as
+ * the service does, with a reason and, when set, a retry hint. It only
+ * looks: an accepted create takes its token (quota_take()), so a create the
+ * spec check refuses costs nothing.
+ */
+static bool quota_allows(Backend *b, UnaryCall *c) {
         if (b->quota.max_alive > 0 && b->n_alive >= b->quota.max_alive) {
                 b->quota.rejections++;
+                unary_call_set_details(c, REASON_QUOTA_EXCEEDED, b->quota.retry_delay_ms);
                 unary_call_fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "quota: %u sandboxes alive, the limit is %u",
                                 b->n_alive, b->quota.max_alive);
                 return false;
         }
-        if (b->quota.rate > 0 && b->quota.tokens < 1.0) {
-                b->quota.rejections++;
-                unary_call_fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "quota: more than %g creates per second",
-                                b->quota.rate);
-                return false;
+        if (b->quota.rate > 0) {
+                quota_refill(b);
+                if (b->quota.tokens < 1.0) {
+                        b->quota.rejections++;
+                        unary_call_set_details(c, REASON_QUOTA_EXCEEDED, b->quota.retry_delay_ms);
+                        unary_call_fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED,
+                                        "quota: more than %g creates per second", b->quota.rate);
+                        return false;
+                }
         }
+        return true;
+}
+
+static void quota_take(Backend *b) {
         if (b->quota.rate > 0)
                 b->quota.tokens -= 1.0;
-        unary_call_set_details(c, NULL, 0);
-        return true;
 }
 
 void rpc_create_sandbox(Backend *b, UnaryCall *c, const Coreweave__Sandbox__V1__CreateSandboxRequest *req) {
@@ -103,7 +119,8 @@ void rpc_create_sandbox(Backend *b, UnaryCall *c, const Coreweave__Sandbox__V1__
 
         sandboxes_prune(b);
 
-        /* A retried create gets the sandbox the first one made. */
+        /* A retried create gets the sandbox the first one made, even over
+         * the quota: it makes nothing new, so it is not counted either. */
         s = sandbox_find_by_request_id(b, req->request_id);
         if (s) {
                 log_full(LOG_LEVEL_DEBUG, NULL, s->id, "CreateSandbox repeated with request_id %s", req->request_id);
@@ -116,6 +133,7 @@ void rpc_create_sandbox(Backend *b, UnaryCall *c, const Coreweave__Sandbox__V1__
         k = sandbox_create(b, req->sandbox->spec, req->request_id, err, sizeof(err), &s);
         switch (k) {
         case 0:
+                quota_take(b);
                 reply_sandbox(c, s);
                 return;
         case -EINVAL:

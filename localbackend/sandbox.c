@@ -1233,6 +1233,9 @@ static SandboxRecord *record_free(SandboxRecord *r) {
                 else if (b->sandboxes_tail == s)
                         b->sandboxes_tail = s->prev;
                 b->n_sandboxes--;
+                /* Only at exit is a sandbox forgotten before it ended. */
+                if (!sandbox_state_is_terminal(s->state))
+                        b->n_alive--;
         }
         free(s->request_id);
         free(s->delete_request_id);

@@ -178,7 +178,9 @@ static bool any_pack(Google__Protobuf__Any *any, const char *type_url, const Pro
 
 /*
  * A google.rpc.Status, packed, for the grpc-status-details-bin trailer: an
- * ErrorInfo when there is a @reason, a RetryInfo when there is a delay.
+ * ErrorInfo (our domain) when there is a @reason, then a RetryInfo when
+ * there is a delay; the order clients scan them in does not matter, as each
+ * takes the first of its kind. An empty slice when memory ran out.
  */
 static grpc_slice status_details_bin(grpc_status_code code, const char *message, const char *reason,
                                      uint32_t retry_delay_ms) {
@@ -242,8 +244,11 @@ int call_send_status(Call *c, grpc_byte_buffer *msg, grpc_status_code code, cons
         if (code != GRPC_STATUS_OK && (c->error_reason || c->retry_delay_ms)) {
                 trailer.key = grpc_slice_from_static_string("grpc-status-details-bin");
                 trailer.value = status_details_bin(code, details ? details : "", c->error_reason, c->retry_delay_ms);
-                ops[n].data.send_status_from_server.trailing_metadata_count = 1;
-                ops[n].data.send_status_from_server.trailing_metadata = &trailer;
+                /* Out of memory: the status goes without its details. */
+                if (!GRPC_SLICE_IS_EMPTY(trailer.value)) {
+                        ops[n].data.send_status_from_server.trailing_metadata_count = 1;
+                        ops[n].data.send_status_from_server.trailing_metadata = &trailer;
+                }
         }
         n++;
 

@@ -1,6 +1,7 @@
 /*
- * Typed SandboxService and Control calls on top of bc_unary(), and the
- * StreamExec and StreamLogs helpers on top of the generic streams.
+ * Typed SandboxService and Control calls on top of bc_unary(), the
+ * StreamExec and StreamLogs helpers on top of the generic streams, and the
+ * decoding of a status's google.rpc details.
  *
  * Requests are built on the stack and in short-lived arrays: protobuf-c only
  * reads them while packing, so nothing here outlives the call. Strings are
@@ -14,6 +15,8 @@
 #include <time.h>
 
 #include "backend-client.h"
+#include "google/rpc/error_details.pb-c.h"
+#include "google/rpc/status.pb-c.h"
 #include "macro.h"
 
 #define CALL(c, method, req, resp_desc, ret, st)                                        \
@@ -81,6 +84,67 @@ static void key_values_done(KeyValues *kv) {
         free(kv->keys);
         free(kv->values);
         *kv = (KeyValues) {};
+}
+
+/* ---- status details ---- */
+
+#define STATUS_DETAILS_KEY "grpc-status-details-bin"
+
+static bool any_is(const Google__Protobuf__Any *any, const ProtobufCMessageDescriptor *desc) {
+        const char *slash = strrchr(any->type_url, '/');
+
+        return streq(slash ? slash + 1 : any->type_url, desc->name);
+}
+
+static void status_details_take(BcStatus *st, const Google__Rpc__Status *rs) {
+        bool have_info = false, have_retry = false;
+
+        for (size_t i = 0; i < rs->n_details; i++) {
+                const Google__Protobuf__Any *any = rs->details[i];
+
+                if (!have_info && any_is(any, &google__rpc__error_info__descriptor)) {
+                        Google__Rpc__ErrorInfo *info =
+                                google__rpc__error_info__unpack(NULL, any->value.len, any->value.data);
+
+                        if (info && *info->reason) {
+                                have_info = true;
+                                snprintf(st->reason, sizeof(st->reason), "%s", info->reason);
+                                snprintf(st->domain, sizeof(st->domain), "%s", info->domain);
+                        }
+                        bc_free(info);
+                } else if (!have_retry && any_is(any, &google__rpc__retry_info__descriptor)) {
+                        Google__Rpc__RetryInfo *retry =
+                                google__rpc__retry_info__unpack(NULL, any->value.len, any->value.data);
+
+                        if (retry && retry->retry_delay) {
+                                have_retry = true;
+                                st->retry_delay_ms = (uint32_t)(retry->retry_delay->seconds * 1000 +
+                                                                retry->retry_delay->nanos / 1000000);
+                        }
+                        bc_free(retry);
+                }
+        }
+}
+
+void bc_status_read_details(BcStatus *st, const grpc_metadata_array *trailing_md) {
+        if (!st)
+                return;
+        st->reason[0] = 0;
+        st->domain[0] = 0;
+        st->retry_delay_ms = 0;
+        for (size_t i = 0; trailing_md && i < trailing_md->count; i++) {
+                const grpc_metadata *e = &trailing_md->metadata[i];
+                Google__Rpc__Status *rs;
+
+                if (GRPC_SLICE_LENGTH(e->key) != strlen(STATUS_DETAILS_KEY) ||
+                    memcmp(GRPC_SLICE_START_PTR(e->key), STATUS_DETAILS_KEY, strlen(STATUS_DETAILS_KEY)) != 0)
+                        continue;
+                rs = google__rpc__status__unpack(NULL, GRPC_SLICE_LENGTH(e->value), GRPC_SLICE_START_PTR(e->value));
+                if (rs)
+                        status_details_take(st, rs);
+                bc_free(rs);
+                return;
+        }
 }
 
 /* ---- SandboxService ---- */

@@ -67,6 +67,7 @@ static void status_set(BcStatus *st, grpc_status_code code, const char *details)
                 return;
         st->code = code;
         snprintf(st->details, sizeof(st->details), "%s", details ? details : "");
+        bc_status_read_details(st, /* trailing_md= */ NULL);
 }
 
 static void status_set_slice(BcStatus *st, grpc_status_code code, grpc_slice details) {
@@ -235,6 +236,7 @@ int bc_unary(BcClient *c, const char *method, const ProtobufCMessage *req,
                  * at the deadline. */
                 (void)cq_wait(c, &tag, gpr_inf_future(GPR_CLOCK_MONOTONIC));
                 status_set_slice(ret_status, code, details);
+                bc_status_read_details(ret_status, &trailing_md);
                 r = (int)code;
                 if (code == GRPC_STATUS_OK && ret_resp) {
                         ProtobufCMessage *m = pb_from_byte_buffer(resp_desc, recv);
@@ -358,6 +360,7 @@ static void stream_collect_status(BcStream *s) {
                 s->status_pending = false;
         }
         status_set_slice(&s->status, s->code, s->details);
+        bc_status_read_details(&s->status, &s->trailing_md);
         s->ended = true;
 }
 

@@ -38,6 +38,12 @@ typedef Coreweave__Sandbox__V1__State BcState;
 typedef struct BcStatus {
         grpc_status_code code;
         char details[512];
+        /* From the grpc-status-details-bin trailer (bc_status_read_details()),
+         * as the SDK reads it: the first ErrorInfo with a reason, the first
+         * RetryInfo with a delay; empty and 0 when there is none. */
+        char reason[128];
+        char domain[64];                /* of that ErrorInfo */
+        uint32_t retry_delay_ms;
 } BcStatus;
 
 typedef struct BcBuf {
@@ -80,6 +86,13 @@ void bc_set_timeout(BcClient *c, int timeout_ms);
 int bc_unary(BcClient *c, const char *method, const ProtobufCMessage *req,
              const ProtobufCMessageDescriptor *resp_desc, int timeout_ms,
              ProtobufCMessage **ret_resp, BcStatus *ret_status);
+
+/**
+ * bc_status_read_details() - fill @st's reason, domain and retry delay from
+ * the grpc-status-details-bin entry of @trailing_md (cleared when there is
+ * none, or when it does not decode). @st may be NULL.
+ */
+void bc_status_read_details(BcStatus *st, const grpc_metadata_array *trailing_md);
 
 /**
  * bc_free() - free a message from this client. Accepts NULL.

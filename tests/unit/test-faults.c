@@ -126,6 +126,7 @@ static void test_decide(void) {
                 { "drop above rate", false, { .drop_rate = 0.5 }, { seq, 4, 3 }, { .code = GRPC_STATUS_UNAVAILABLE } },
                 { "failed call is not dropped", false, { .error_rate = 1.0, .drop_rate = 1.0 }, { seq, 4, 0 }, { .fail = true, .code = GRPC_STATUS_UNAVAILABLE } },
                 { "reply delay", false, { .reply_delay_ms = 300 }, { seq, 4, 0 }, { .reply_delay_ms = 300, .code = GRPC_STATUS_UNAVAILABLE } },
+                { "retry delay kept", false, { .error_rate = 1.0, .retry_delay_ms = 250 }, { seq, 4, 0 }, { .fail = true, .code = GRPC_STATUS_UNAVAILABLE, .retry_delay_ms = 250 } },
                 { "rate 0 never draws", false, { .error_rate = 0.0, .drop_rate = 0.0 }, { seq, 4, 0 }, { .code = GRPC_STATUS_UNAVAILABLE } },
         };
 
@@ -143,9 +144,10 @@ static void test_decide(void) {
                    d.fail == table[i].want.fail &&
                    (!d.fail || d.code == table[i].want.code) &&
                    d.drop == table[i].want.drop &&
-                   d.reply_delay_ms == table[i].want.reply_delay_ms,
-                   "%s: latency=%u fail=%d code=%d drop=%d reply_delay=%u",
-                   table[i].what, d.latency_ms, d.fail, d.code, d.drop, d.reply_delay_ms);
+                   d.reply_delay_ms == table[i].want.reply_delay_ms &&
+                   d.retry_delay_ms == table[i].want.retry_delay_ms,
+                   "%s: latency=%u fail=%d code=%d drop=%d reply_delay=%u retry_delay=%u",
+                   table[i].what, d.latency_ms, d.fail, d.code, d.drop, d.reply_delay_ms, d.retry_delay_ms);
                 if (table[i].want.code != 0 && !table[i].want.fail)
                         ok(d.code == table[i].want.code, "%s: code %d", table[i].what, d.code);
                 d = faults_decide(&f, RPC_GET_SANDBOX);
@@ -215,6 +217,7 @@ static void test_star(void) {
         ok(all, "\"*\" applies to every SandboxService rpc");
         ok(!faults_decide(&f, RPC_CONTROL_GET_COUNTERS).fail, "\"*\" spares GetCounters");
         ok(!faults_decide(&f, RPC_CONTROL_SET_FAULTS).fail, "\"*\" spares SetFaults");
+        ok(!faults_decide(&f, RPC_CONTROL_SET_QUOTA).fail, "\"*\" spares SetQuota");
         /* remaining is per method: each rpc had its own single use */
         all = true;
         for (int m = 0; m < RPC_FAULTABLE_MAX; m++)
