@@ -181,9 +181,7 @@ static void exec_count(const Op *op, const Status *st) {
 
         /* A sandbox that never ran still names a handle the exec counts against. */
         if (!h)
-                h = hashmap_get(&m->handles_by_id, op->sandbox_arg);
-        if (!h)
-                h = hashmap_get(&m->handles_by_sandbox, op->sandbox_arg);
+                h = handle_find(m, op->sandbox_arg);
         if (h)
                 metrics_exec_done(m, h, !status_ok(st) ? EXEC_OUTCOME_FAILURE :
                                         e->exit_code == 0 ? EXEC_OUTCOME_OK : EXEC_OUTCOME_NONZERO);

@@ -343,6 +343,14 @@ const char *handle_state_name(SandboxState s) {
         return v ? v->name + strlen("SANDBOX_STATE_") : "UNKNOWN";
 }
 
+unsigned handle_state_slot(SandboxState s) {
+        return s == STATE(UNSTARTED) || (unsigned)s >= HANDLE_STATE_SLOTS ? HANDLE_STATE_SLOTS - 1 : (unsigned)s;
+}
+
+SandboxState handle_slot_state(unsigned slot) {
+        return slot == HANDLE_STATE_SLOTS - 1 ? STATE(UNSTARTED) : (SandboxState)slot;
+}
+
 bool handle_is_terminal(const Handle *h) {
         return h->state == STATE(COMPLETED) || h->state == STATE(FAILED) || h->state == STATE(TERMINATED);
 }
@@ -897,9 +905,7 @@ static void resolve_start(Resolve *r) {
                 resolve_done(r, NULL, &st);
                 return;
         }
-        h = hashmap_get(&m->handles_by_id, r->id);
-        if (!h)
-                h = hashmap_get(&m->handles_by_sandbox, r->id);
+        h = handle_find(m, r->id);
         if (h) {
                 if (check_access(h, r->uid, &st) != GRPC_STATUS_OK)
                         resolve_done(r, NULL, &st);
@@ -918,6 +924,12 @@ static void resolve_start(Resolve *r) {
         req.sandbox_id = r->id;
         (void)backend_call(m->backend, BACKEND_GET_SANDBOX, &req.base,
                            (int64_t)retry_seconds_to_ms(MERGE_DEFAULT_REQUEST_TIMEOUT_S), resolve_got, r);
+}
+
+Handle *handle_find(Manager *m, const char *id) {
+        Handle *h = hashmap_get(&m->handles_by_id, id);
+
+        return h ? h : hashmap_get(&m->handles_by_sandbox, id);
 }
 
 void handle_resolve(Manager *m, uid_t uid, const char *id, HandleFn fn, void *userdata) {

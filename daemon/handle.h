@@ -128,6 +128,9 @@ uid_t handle_owner_from_tags(char *const *tags, size_t n_tags);
  */
 typedef void (*HandleFn)(void *userdata, Handle *h, const Status *st);
 
+/* The tracked handle @id names (a handle id or a backend sandbox id), or NULL; no access check. */
+Handle *handle_find(Manager *m, const char *id);
+
 /**
  * handle_resolve() - the handle @id (a handle id or a backend sandbox id)
  * that @uid may act on. Known handles are checked at once; an unknown id is
@@ -186,6 +189,14 @@ void handle_apply_gone(Handle *h, const char *why);
 void handle_fail_waiters(Handle *h, const Status *st);
 
 bool handle_is_terminal(const Handle *h);
+/*
+ * Counting handles by state: slot i holds state i for the wire's states
+ * (UNSPECIFIED to PAUSED), the last slot UNSTARTED.
+ */
+#define HANDLE_STATE_SLOTS 10
+unsigned handle_state_slot(SandboxState s);
+SandboxState handle_slot_state(unsigned slot);
+
 /* "RUNNING" and so on, for logs and status. */
 const char *handle_state_name(SandboxState s);
 /* Has waiters whose condition needs a backend poll. */

@@ -45,16 +45,19 @@ static void on_watchdog(uv_timer_t *t) {
         (void)sd_notify(0, "WATCHDOG=1");
 }
 
-/* STATUS= with the live counts, when they have changed. */
-static void on_status(uv_timer_t *t) {
-        Main *mn = t->data;
+/* @prefix (READY=1) and STATUS= with the live counts; without @prefix only when they have changed. */
+static void notify_status(Main *mn, const char *prefix) {
         char line[sizeof(mn->status_line)];
 
         manager_status_line(mn->manager, line, sizeof(line));
-        if (streq(line, mn->status_line))
+        if (!*prefix && streq(line, mn->status_line))
                 return;
         snprintf(mn->status_line, sizeof(mn->status_line), "%s", line);
-        (void)sd_notifyf(0, "STATUS=Serving: %s", line);
+        (void)sd_notifyf(0, "%sSTATUS=Serving: %s", prefix, line);
+}
+
+static void on_status(uv_timer_t *t) {
+        notify_status(t->data, "");
 }
 
 static void on_ready(void *userdata) {
@@ -63,8 +66,7 @@ static void on_ready(void *userdata) {
 
         log_notice("ready: %s backend, socket %s", mn->manager->local ? "embedded" : mn->config.backend_url,
                    mn->config.socket_path);
-        manager_status_line(mn->manager, mn->status_line, sizeof(mn->status_line));
-        (void)sd_notifyf(0, "READY=1\nSTATUS=Serving: %s", mn->status_line);
+        notify_status(mn, "READY=1\n");
         uv_timer_start(&mn->status, on_status, STATUS_EVERY_MS, STATUS_EVERY_MS);
         if (sd_watchdog_enabled(0, &usec) > 0 && usec >= 2000) {
                 log_info("watchdog: a ping every %" PRIu64 " ms", usec / 2000);
@@ -127,8 +129,10 @@ static void on_reload(uv_signal_t *s, int signum) {
                         (void)manager_reload(mn->manager);
         }
         config_free(&c);
-        mn->status_line[0] = 0;         /* the next STATUS= goes out whatever it says */
-        (void)sd_notify(0, "READY=1\nSTATUS=Serving");
+        if (mn->manager)
+                notify_status(mn, "READY=1\n");
+        else
+                (void)sd_notify(0, "READY=1");
 }
 
 static int make_parent_dir(const char *path) {

@@ -261,15 +261,23 @@ int manager_reload(Manager *m) {
         return 0;
 }
 
-void manager_status_line(const Manager *m, char *buf, size_t size) {
+void manager_count_states(const Manager *m, uid_t uid, unsigned counts[]) {
         HashmapIter it = HASHMAP_ITER_INIT;
-        unsigned running = 0;
         Handle *h;
 
+        memset(counts, 0, HANDLE_STATE_SLOTS * sizeof(counts[0]));
         while ((h = hashmap_next(&m->handles_by_id, &it)))
-                running += h->state == CWSANDBOXD__V1__SANDBOX_STATE__SANDBOX_STATE_RUNNING;
+                if (manager_may_access(uid, h->owner))
+                        counts[handle_state_slot(h->state)]++;
+}
+
+void manager_status_line(const Manager *m, char *buf, size_t size) {
+        unsigned counts[HANDLE_STATE_SLOTS];
+
+        manager_count_states(m, 0, counts);
         snprintf(buf, size, "%zu sessions, %zu sandboxes (%u running), %u clients, %u creates waiting",
-                 hashmap_size(&m->sessions_by_name), hashmap_size(&m->handles_by_id), running,
+                 hashmap_size(&m->sessions_by_name), hashmap_size(&m->handles_by_id),
+                 counts[handle_state_slot(CWSANDBOXD__V1__SANDBOX_STATE__SANDBOX_STATE_RUNNING)],
                  m->server ? server_connections(m->server) : 0, m->admission.queued);
 }
 

@@ -104,6 +104,12 @@ Manager *manager_free(Manager *m);
 int manager_reload(Manager *m);
 
 /*
+ * manager_count_states() - the handles of open sessions that @uid may see
+ * (root: all), counted by handle_state_slot().
+ */
+void manager_count_states(const Manager *m, uid_t uid, unsigned counts[]);
+
+/*
  * manager_status_line() - "3 sessions, 12 sandboxes (5 running), 4 clients"
  * for the service manager's STATUS=.
  */

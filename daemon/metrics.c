@@ -14,6 +14,7 @@
 #include "handle.h"
 #include "log.h"
 #include "metrics.h"
+#include "pbgrpc.h"
 #include "session.h"
 
 static const double startup_bounds[] = { 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600 };
@@ -131,28 +132,14 @@ static void one_label(Sink *s, const char *label, const char *value_name, double
 }
 
 static void collect_sandboxes(Manager *m, Sink *s) {
-        static const SandboxState states[] = {
-                CWSANDBOXD__V1__SANDBOX_STATE__SANDBOX_STATE_UNSTARTED,
-                CWSANDBOXD__V1__SANDBOX_STATE__SANDBOX_STATE_PENDING,
-                CWSANDBOXD__V1__SANDBOX_STATE__SANDBOX_STATE_CREATING,
-                CWSANDBOXD__V1__SANDBOX_STATE__SANDBOX_STATE_RUNNING,
-                CWSANDBOXD__V1__SANDBOX_STATE__SANDBOX_STATE_PAUSED,
-                CWSANDBOXD__V1__SANDBOX_STATE__SANDBOX_STATE_TERMINATING,
-                CWSANDBOXD__V1__SANDBOX_STATE__SANDBOX_STATE_COMPLETED,
-                CWSANDBOXD__V1__SANDBOX_STATE__SANDBOX_STATE_FAILED,
-                CWSANDBOXD__V1__SANDBOX_STATE__SANDBOX_STATE_TERMINATED,
-        };
-        unsigned counts[ELEMENTSOF(states)] = { 0 };
-        HashmapIter it = HASHMAP_ITER_INIT;
-        Handle *h;
+        unsigned counts[HANDLE_STATE_SLOTS];
 
-        while ((h = hashmap_next(&m->handles_by_id, &it)))
-                for (size_t i = 0; i < ELEMENTSOF(states); i++)
-                        if (h->state == states[i])
-                                counts[i]++;
+        manager_count_states(m, 0, counts);
         s->family(s, "cwsandboxd_sandboxes", PROM_GAUGE, "Sandbox handles of open sessions, by state");
-        for (size_t i = 0; i < ELEMENTSOF(states); i++)
-                one_label(s, "state", handle_state_name(states[i]), counts[i]);
+        /* Every state but UNSPECIFIED, which a handle never has: the series exist from the start. */
+        for (unsigned i = 0; i < HANDLE_STATE_SLOTS; i++)
+                if (handle_slot_state(i) != CWSANDBOXD__V1__SANDBOX_STATE__SANDBOX_STATE_UNSPECIFIED)
+                        one_label(s, "state", handle_state_name(handle_slot_state(i)), counts[i]);
 
         one(s, "cwsandboxd_sandboxes_requested_total", PROM_COUNTER,
             "Sandboxes requested in sessions, started or not (the SDK's sandboxes_created, summed)",
@@ -180,16 +167,6 @@ static void collect_io(Manager *m, Sink *s) {
         one_label(s, "direction", "write", (double)m->metrics.file_bytes_written);
 }
 
-static const char *code_name(int code) {
-        static const char *const names[] = {
-                "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-                "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
-                "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
-        };
-
-        return names[code];
-}
-
 static void collect_backend(Manager *m, Sink *s) {
         if (!m->backend)
                 return;
@@ -200,7 +177,7 @@ static void collect_backend(Manager *m, Sink *s) {
 
                 for (int code = 0; code < (int)ELEMENTSOF(bs->by_code); code++) {
                         PromLabel l[] = { { "method", backend_method_name((BackendMethod)i) },
-                                          { "code", code_name(code) } };
+                                          { "code", grpc_status_name((grpc_status_code)code) } };
 
                         /* OK always, so the series exist from the start; the others once they happen. */
                         if (code == 0 || bs->by_code[code] > 0)

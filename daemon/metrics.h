@@ -41,7 +41,6 @@ typedef struct HostMetrics {
         uint64_t exec_bytes[_EXEC_STREAM_MAX];
         uint64_t file_bytes_read, file_bytes_written;
         Histogram startup;              /* seconds, create sent to first RUNNING */
-        Histogram admission_wait;       /* seconds a create waited for admission */
 } HostMetrics;
 
 /* The daemon's node_exporter text file. */

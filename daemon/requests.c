@@ -677,22 +677,15 @@ static void req_status(Manager *m, Call *call) {
         DaemonFrame f = CWSANDBOXD__V1__DAEMON_FRAME__INIT;
         Cwsandboxd__V1__StatusReply reply = CWSANDBOXD__V1__STATUS_REPLY__INIT;
         char state_status[600];
-        Cwsandboxd__V1__StatusReply__SandboxesByStateEntry entries[16], *ptrs[16];
-        HashmapIter it = HASHMAP_ITER_INIT;
-        Handle *h;
-        unsigned counts[16] = { 0 };
-        uid_t uid = call_uid(call);
+        Cwsandboxd__V1__StatusReply__SandboxesByStateEntry entries[HANDLE_STATE_SLOTS], *ptrs[HANDLE_STATE_SLOTS];
+        unsigned counts[HANDLE_STATE_SLOTS];
 
-        while ((h = hashmap_next(&m->handles_by_id, &it)))
-                if (manager_may_access(uid, h->owner))
-                        counts[h->state == CWSANDBOXD__V1__SANDBOX_STATE__SANDBOX_STATE_UNSTARTED ? 9 : (unsigned)h->state]++;
-        for (unsigned i = 0; i < 10; i++) {
-                SandboxState s = i == 9 ? CWSANDBOXD__V1__SANDBOX_STATE__SANDBOX_STATE_UNSTARTED : (SandboxState)i;
-
+        manager_count_states(m, call_uid(call), counts);
+        for (unsigned i = 0; i < HANDLE_STATE_SLOTS; i++) {
                 if (!counts[i])
                         continue;
                 cwsandboxd__v1__status_reply__sandboxes_by_state_entry__init(&entries[reply.n_sandboxes_by_state]);
-                entries[reply.n_sandboxes_by_state].key = (char *)handle_state_name(s);
+                entries[reply.n_sandboxes_by_state].key = (char *)handle_state_name(handle_slot_state(i));
                 entries[reply.n_sandboxes_by_state].value = counts[i];
                 ptrs[reply.n_sandboxes_by_state] = &entries[reply.n_sandboxes_by_state];
                 reply.n_sandboxes_by_state++;

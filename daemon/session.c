@@ -150,7 +150,6 @@ static Session *session_alloc(Manager *m, const char *id, const char *name, uid_
         s->max_lifetime_s = max_lifetime_s;
         s->defaults = defaults;
         s->created_ms = manager_wall_ms();
-        s->limits = *limits;
         admission_scope_init(&m->admission, &s->admission, limits->max_sandboxes, limits->max_creates_per_second);
         sdk_metrics_init(&s->metrics);
         if (!s->id || !s->name || asprintf(&s->tag, MANAGER_SESSION_TAG_PREFIX "%s", s->id) < 0)
@@ -244,8 +243,8 @@ Session *session_restore(Manager *m, const Cwsandboxd__V1__LedgerSession *rec) {
 int session_record(const Session *s, Cwsandboxd__V1__LedgerSession *out,
                    Cwsandboxd__V1__LedgerSdkMetrics *metrics) {
         cwsandboxd__v1__ledger_session__init(out);
-        out->max_sandboxes = s->limits.max_sandboxes;
-        out->max_creates_per_second = s->limits.max_creates_per_second;
+        out->max_sandboxes = s->admission.max_alive;
+        out->max_creates_per_second = s->admission.bucket.rate;
         if (metrics) {
                 if (sdk_metrics_to_record(&s->metrics, metrics) < 0)
                         return -ENOMEM;
@@ -455,8 +454,8 @@ void session_to_pb(const Session *s, Cwsandboxd__V1__Session *out) {
         out->linger_seconds = s->linger_s;
         out->sandbox_count = s->n_handles;
         out->connections = s->connections;
-        out->max_sandboxes = s->limits.max_sandboxes;
-        out->max_creates_per_second = s->limits.max_creates_per_second;
+        out->max_sandboxes = s->admission.max_alive;
+        out->max_creates_per_second = s->admission.bucket.rate;
 }
 
 void session_add_handle(Session *s, Handle *h) {

@@ -51,8 +51,7 @@ struct Session {
 
         bool closing;
         SessionCloser *closer;
-        SessionLimits limits;
-        AdmissionScope admission;       /* its own limits, on top of the host's */
+        AdmissionScope admission;       /* its own limits (on top of the host's) and counts */
         SdkMetrics metrics;             /* the SDK's cwsandbox/... set */
 };
 
