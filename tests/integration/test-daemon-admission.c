@@ -202,6 +202,38 @@ static void test_timeout_and_session_limit(cws_conn *c) {
         free(own);
 }
 
+/* ---- sandboxes that end unseen ----------------------------------------------------------- */
+
+/*
+ * Five sandboxes whose command exits at once hold the five slots, and
+ * nobody waits on them. A sixth create waiting for a slot makes the
+ * reaper look (an early pass), find them done, and let it in.
+ */
+static void test_ended_unseen(cws_conn *c) {
+        const char *const script[] = { "-c", "exit 0" };
+        cws_sandbox_args quick = { .command = "/bin/sh", .args = script, .n_args = 2, .has_args = true };
+        cws_create_options started = { .args = &quick, .start = true }, plain = { .start = true };
+        char *sid = attach(c, "unseen", 0);
+        cws_sandbox *sb[MAX_ALIVE] = { 0 }, *late = NULL;
+        cws_error err;
+        int made = 0, r;
+
+        for (int i = 0; i < MAX_ALIVE; i++)
+                made += cws_sandbox_create(c, sid, &started, &sb[i], &err) == 0;
+        is_int(made, MAX_ALIVE, "five sandboxes that exit at once, nobody waiting on them");
+        r = cws_sandbox_create(c, sid, &plain, &late, &err);
+        if (r == 0)
+                r = cws_sandbox_wait(c, late->handle_id, false, 60000, NULL, &err);
+        if (r != 0)
+                cu_diag_err("sixth", r, &err);
+        is_int(r, 0, "a sixth create gets in: the slots of the ended ones came back without a stop");
+        for (int i = 0; i < MAX_ALIVE; i++)
+                cws_sandbox_free(sb[i]);
+        cws_sandbox_free(late);
+        (void)cws_close_session(c, sid, NULL, NULL);
+        free(sid);
+}
+
 /* ---- the backend's quota ----------------------------------------------------------------------- */
 
 static void test_backend_quota(DaemonProc *d, BcClient *backend, cws_conn *c) {
@@ -291,6 +323,7 @@ int main(void) {
         c = connect_to(d);
         test_cap_and_rate(d, backend, c);
         test_timeout_and_session_limit(c);
+        test_ended_unseen(c);
         test_backend_quota(d, backend, c);
         cws_conn_close(c);
         bc_close(backend);

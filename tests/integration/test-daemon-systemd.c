@@ -261,7 +261,7 @@ static void test_notify(void) {
         blocked_at = test_mono_ms();
         test_sleep_ms(1500);
         is_int(pings_between(blocked_at + 100, test_mono_ms()), 0, "a stuck loop sends no WATCHDOG=1 (1.5 s)");
-        fifo_feed(&second, "[cwsandboxd]\nlog_level = debug\n");
+        fifo_feed(&second, "[cwsandboxd]\nlog_level = debug\nmax_sandboxes = 1\nadmission_policy = reject\n");
         pthread_join(second.thread, NULL);
         unblocked_at = test_mono_ms();
         ready2 = wait_for((size_t)reloading + 1, "READY=1", 5000);
@@ -278,6 +278,16 @@ static void test_notify(void) {
                 cws_status_free(s);
         }
         is_int(cws_conn_reconnects(c), 0, "and was never dropped (no reconnect)");
+        {
+                cws_sandbox *second_sb = NULL;
+
+                /* The reload also took max_sandboxes = 1 and the reject policy: the session's sandbox fills it. */
+                r = cws_sandbox_create(c, session->session_id, &started, &second_sb, &err);
+                is_int(r, CWS_RESOURCE_EXHAUSTED, "the reload applied max_sandboxes = 1, policy reject");
+                ok(strstr(err.message, "1 of 1 sandboxes alive") != NULL, "refused for the new limit: %s",
+                   err.message);
+                cws_sandbox_free(second_sb);
+        }
         {
                 cws_session *again = NULL;
                 cws_conn *c2 = NULL;
